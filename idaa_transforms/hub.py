@@ -175,4 +175,5 @@ def write_checkpoint(model: IdentityVAE, folder: str | Path) -> Path:
     (folder / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "library": "idaa_transforms"})
+    (folder / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600; shipped weights must be readable by all
     return folder

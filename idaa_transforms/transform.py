@@ -194,10 +194,11 @@ class IDAATransform(nn.Module):
         vae_mean = _per_channel("vae.config.input_mean", cfg.input_mean, channels)
         vae_std = _per_channel("vae.config.input_std", cfg.input_std, channels)
         # VAE space = user space * scale + shift; pixels = user space * user_std + user_mean.
-        self.register_buffer("_scale", user_std / vae_std, persistent=False)
-        self.register_buffer("_shift", (user_mean - vae_mean) / vae_std, persistent=False)
-        self.register_buffer("_low", -user_mean / user_std, persistent=False)
-        self.register_buffer("_high", (1 - user_mean) / user_std, persistent=False)
+        device = next(vae.parameters()).device
+        self.register_buffer("_scale", (user_std / vae_std).to(device), persistent=False)
+        self.register_buffer("_shift", ((user_mean - vae_mean) / vae_std).to(device), persistent=False)
+        self.register_buffer("_low", (-user_mean / user_std).to(device), persistent=False)
+        self.register_buffer("_high", ((1 - user_mean) / user_std).to(device), persistent=False)
 
     # -- public API ----------------------------------------------------------------------------------------------
     @classmethod
@@ -294,7 +295,7 @@ class IDAATransform(nn.Module):
             for step in range(self.steps):
                 if step > 0:
                     g = self._decode(z, x)
-                value = loss(x, g + residual, anchor)
+                value = loss(x, g.to(x.dtype) + residual, anchor)
                 grad = self._grad(value, z)
                 z = self._ascend(z.detach(), grad, mu).requires_grad_(step < self.steps - 1)
         with torch.no_grad():
@@ -309,7 +310,7 @@ class IDAATransform(nn.Module):
             return center + (z - center).clamp(-self.eps, self.eps)
         z = z + self.step_size * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
         delta = z - center
-        return center + delta * (self.eps / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+        return center + delta * (self.eps / delta.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     def _random_offset(self, mu: Tensor) -> Tensor:
         noise = torch.rand(mu.shape, generator=self.generator) * 2 - 1
@@ -397,10 +398,15 @@ class IDAATransform(nn.Module):
         if x.shape[-1] == 0 or x.shape[-2] == 0:
             raise ValueError(f"IDAATransform: expected non-empty images, got shape {tuple(x.shape)}.")
         vae_device = next(self.vae.parameters()).device
-        if x.device != vae_device or self._scale.device != vae_device:
+        if x.device != vae_device:
             raise ValueError(
                 f"IDAATransform: input is on {x.device} but the VAE is on {vae_device}; "
                 f"move one of them, e.g. idaa.to({str(x.device)!r})."
+            )
+        if self._scale.device != vae_device:
+            raise ValueError(
+                f"IDAATransform: the VAE was moved to {vae_device} on its own; move the whole transform instead, "
+                f"e.g. idaa.to({str(vae_device)!r})."
             )
         encoder = self.encoder
         if isinstance(encoder, nn.Module):
