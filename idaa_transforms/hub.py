@@ -8,11 +8,10 @@ name, as the default VAE shipped with the package. Weights are read with safeten
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
-from huggingface_hub import hf_hub_download
+from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HFValidationError,
@@ -75,17 +74,17 @@ def _resolve_files(name: str, *, revision, cache_dir, force_download, local_file
             ) from None
         except RevisionNotFoundError:
             raise CheckpointError(f"Hub repo {name!r} has no revision {revision!r}.") from None
-        except EntryNotFoundError:
-            raise CheckpointError(
-                f"Hub repo {name!r} (revision {revision or 'main'}) has no file {filename}; "
-                f"an idaa_transforms checkpoint holds {CONFIG_FILE} and {WEIGHTS_FILE}."
-            ) from None
-        except LocalEntryNotFoundError:
-            offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        except LocalEntryNotFoundError:  # before EntryNotFoundError, its base class
+            offline = local_files_only or constants.HF_HUB_OFFLINE
             why = "offline mode is on and it is not in the cache" if offline else "it could not be downloaded"
             raise CheckpointError(
                 f"{filename} of Hub repo {name!r} is unavailable: {why}. Download it once with network access, "
                 "or point to a local checkpoint folder."
+            ) from None
+        except EntryNotFoundError:
+            raise CheckpointError(
+                f"Hub repo {name!r} (revision {revision or 'main'}) has no file {filename}; "
+                f"an idaa_transforms checkpoint holds {CONFIG_FILE} and {WEIGHTS_FILE}."
             ) from None
     return paths[0], paths[1]
 
