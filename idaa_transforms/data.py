@@ -8,6 +8,7 @@ crops come from disjoint horizontal bands of each photograph, so no test pixel i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,8 +47,15 @@ DATASETS = ("cifar10", "cifar100", "stl10", "imagefolder", "photos")
 TRAIN_BAND = 0.7
 
 
+@functools.lru_cache(maxsize=None)
 def load_photo(name: str) -> np.ndarray:
-    """One offline photograph as an ``(H, W, 3)`` uint8 array (needs scikit-image and scikit-learn)."""
+    """One offline photograph as a read-only ``(H, W, 3)`` uint8 array (needs scikit-image and scikit-learn)."""
+    photo = _read_photo(name)
+    photo.setflags(write=False)
+    return photo
+
+
+def _read_photo(name: str) -> np.ndarray:
     if name not in PHOTOS + GRAY_PHOTOS:
         raise ValueError(f"load_photo: unknown photograph {name!r}; expected one of {PHOTOS + GRAY_PHOTOS}.")
     try:
@@ -96,7 +104,7 @@ def photo_crops(
     generator = np.random.default_rng(seed)
     images, labels = [], []
     for label, name in enumerate(names):
-        photo = torch.from_numpy(load_photo(name)).permute(2, 0, 1).float() / 255
+        photo = torch.from_numpy(load_photo(name).copy()).permute(2, 0, 1).float() / 255
         height = photo.shape[1]
         cut = int(height * TRAIN_BAND)
         band = {"train": photo[:, :cut], "test": photo[:, cut:], "all": photo}[split]

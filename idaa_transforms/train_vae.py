@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir", default="data", help="dataset root (imagefolder: <dir>/train/<class>/*.png)")
     data.add_argument("--no-download", action="store_true", help="never download; fail if the data is missing")
     data.add_argument("--crops-per-photo", type=int, default=2048, help="'photos': training crops per photograph")
+    data.add_argument("--held-out-crops", type=int, default=256, help="'photos': held-out crops per photograph")
     model = parser.add_argument_group("model")
     model.add_argument("--image-size", type=int, default=32)
     model.add_argument("--width", type=int, default=128, help="bottleneck channels")
@@ -77,7 +78,7 @@ def _datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset, str]:
     if args.dataset == "photos":
         train_names = VAE_PHOTOS + GRAY_PHOTOS
         train = photo_crops(train_names, args.crops_per_photo, args.image_size, split="all", seed=args.seed)
-        held_out = photo_crops(EVAL_PHOTOS, 256, args.image_size, split="all", seed=args.seed + 1)
+        held_out = photo_crops(EVAL_PHOTOS, args.held_out_crops, args.image_size, split="all", seed=args.seed + 1)
         about = (
             f"{len(train)} random crops (sides 32-160 px, resized to {args.image_size} px) of the photographs "
             f"{', '.join(train_names)} (scikit-image / scikit-learn bundled data; greyscale ones replicated to RGB). "
