@@ -310,7 +310,7 @@ class IDAATransform(nn.Module):
             return center + (z - center).clamp(-self.eps, self.eps)
         z = z + self.step_size * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
         delta = z - center
-        return center + delta * (self.eps / delta.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        return center + delta * (self.eps / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
 
     def _random_offset(self, mu: Tensor) -> Tensor:
         noise = torch.rand(mu.shape, generator=self.generator) * 2 - 1

@@ -1,0 +1,734 @@
+"""IDAATransform: decomposition, the adversarial latent step, randomness, encoder hygiene, input validation."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import batch, make_encoder, make_vae, to_pixels
+from torch import nn
+
+from idaa_transforms import (
+    Decomposition,
+    DualBatchNorm,
+    IDAATransform,
+    IdentityVAE,
+    VAEConfig,
+    convert_to_dual_bn,
+    negative_cosine,
+    nt_xent,
+)
+
+# -- helpers -------------------------------------------------------------------------------------------------------
+
+
+def pixels_with_grad(vae: IdentityVAE, z: torch.Tensor) -> torch.Tensor:
+    """``decode(z)`` in [0, 1] pixel space (the VAE sees ``(p - 0.5) / 0.5``), differentiable."""
+    return vae.decode(z) * 0.5 + 0.5
+
+
+def linear_loss(weight: torch.Tensor):
+    """A per-sample separable loss ``sum(weight * x_adv)``: its gradient in ``z`` is ``J^T weight``."""
+    return lambda x, x_adv: (x_adv * weight).sum()
+
+
+def reference_attack(vae, x, loss, *, eps, steps, step_size, norm="linf"):
+    """Straightforward re-implementation of the algorithm in the docs, for 32 px inputs in [0, 1] pixel space."""
+    with torch.no_grad():
+        mu = vae.encode((x - 0.5) / 0.5).mu
+        residual = x - pixels_with_grad(vae, mu)
+    z = mu.clone()
+    for _ in range(steps):
+        z.requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss(x, pixels_with_grad(vae, z) + residual), z)
+        z = z.detach()
+        if norm == "linf":
+            z = z + step_size * grad.sign()
+            z = torch.minimum(torch.maximum(z, mu - eps), mu + eps)
+        else:
+            z = z + step_size * grad / grad.norm(dim=1, keepdim=True)
+            delta = z - mu
+            radius = delta.norm(dim=1, keepdim=True)
+            z = mu + torch.where(radius > eps, delta * eps / radius, delta)
+    with torch.no_grad():
+        return pixels_with_grad(vae, z) + residual, z, mu
+
+
+def record_latents(monkeypatch, vae: IdentityVAE) -> list[torch.Tensor]:
+    """Every latent the VAE decodes from now on, in call order."""
+    seen: list[torch.Tensor] = []
+    original = vae.decode
+
+    def spy(z):
+        seen.append(z.detach().clone())
+        return original(z)
+
+    monkeypatch.setattr(vae, "decode", spy)
+    return seen
+
+
+def smooth_batch(b: int = 8, seed: int = 0) -> torch.Tensor:
+    """Images with structure (upsampled 4x4 noise), so that a small encoder tells them apart."""
+    return F.interpolate(batch(b, 4, 4, seed=seed), size=(32, 32), mode="bilinear", align_corners=False)
+
+
+def spatial_encoder() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.Tanh(), nn.Flatten()).eval()
+
+
+def bn_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def assert_same_state(before: dict[str, torch.Tensor], module: nn.Module) -> None:
+    after = bn_state(module)
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key
+
+
+# -- decomposition and identities ------------------------------------------------------------------------------------
+
+
+def test_eps_zero_returns_input(make_idaa, encoder, x):
+    out = make_idaa(encoder, eps=0.0)(x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+
+
+def test_decompose_sums_to_input_at_native_size(make_idaa, vae, x):
+    parts = make_idaa().decompose(x)
+    assert isinstance(parts, Decomposition)
+    assert parts.identity.shape == parts.residual.shape == x.shape
+    assert parts.latent.shape == (8, 8)
+    torch.testing.assert_close(parts.identity + parts.residual, x, atol=1e-6, rtol=0)
+    # The identity is G(x) = decode(encode(x).mu), in pixel space.
+    with torch.no_grad():
+        mu = vae.encode((x - 0.5) / 0.5).mu
+    torch.testing.assert_close(parts.latent, mu)
+    torch.testing.assert_close(parts.identity, to_pixels(vae, mu), atol=1e-6, rtol=0)
+    assert not torch.allclose(parts.identity, x, atol=1e-2)  # a random VAE does not reconstruct: R(x) matters
+
+
+def test_decompose_other_size_runs_vae_at_native_size(make_idaa, vae):
+    x = batch(4, 40, 56)
+    parts = make_idaa().decompose(x)
+    assert parts.identity.shape == parts.residual.shape == (4, 3, 40, 56)
+    assert parts.latent.shape == (4, 8)
+    torch.testing.assert_close(parts.identity + parts.residual, x, atol=1e-6, rtol=0)
+    # G is decoded at 32x32 and resized back to 40x56.
+    resized = F.interpolate(to_pixels(vae, parts.latent), size=(40, 56), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(parts.identity, resized, atol=1e-5, rtol=0)
+    # The encoder saw the image resized to 32x32 (whatever the resampling filter, the latent is close to that).
+    with torch.no_grad():
+        small = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+        mu_small = vae.encode((small - 0.5) / 0.5).mu
+        mu_other = vae.encode((batch(4, seed=9) - 0.5) / 0.5).mu
+    assert (parts.latent - mu_small).norm() < 0.2 * (parts.latent - mu_other).norm()
+
+
+def test_forward_other_size_keeps_shape_and_residual(make_idaa, vae, monkeypatch):
+    x = batch(4, 40, 56)
+    idaa = make_idaa(loss_fn=linear_loss(torch.randn(1, 3, 40, 56, generator=torch.Generator().manual_seed(0))), eps=0.5)
+    parts = idaa.decompose(x)
+    seen = record_latents(monkeypatch, vae)
+    out = idaa(x)
+    assert out.shape == x.shape
+    assert (out - x).abs().max() > 1e-3
+    resized = F.interpolate(to_pixels(vae, seen[-1]), size=(40, 56), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out - parts.residual, resized, atol=1e-5, rtol=0)
+
+
+def test_single_image_input(make_idaa, eval_encoder, x):
+    idaa = make_idaa(eval_encoder, eps=0.3)
+    out = idaa(x[0])
+    assert out.shape == (3, 32, 32)
+    torch.testing.assert_close(out, idaa(x[:1])[0])
+    parts = idaa.decompose(x[0])
+    assert parts.identity.shape == parts.residual.shape == (3, 32, 32)
+    torch.testing.assert_close(parts.identity + parts.residual, x[0], atol=1e-6, rtol=0)
+
+
+def test_mean_std_are_the_callers_normalisation(make_idaa):
+    x = smooth_batch(4)
+    mean = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    weight = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    pixel_loss = linear_loss(weight)
+    out_pixels = make_idaa(loss_fn=pixel_loss, eps=0.5)(x)
+    normalised = make_idaa(loss_fn=lambda a, b: pixel_loss(a * std + mean, b * std + mean), eps=0.5,
+                           mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3])
+    out_normalised = normalised((x - mean) / std)
+    torch.testing.assert_close(out_normalised, (out_pixels - mean) / std, atol=1e-4, rtol=0)
+    parts = normalised.decompose((x - mean) / std)
+    torch.testing.assert_close(parts.identity, (make_idaa().decompose(x).identity - mean) / std, atol=1e-5, rtol=0)
+
+
+def test_clamp_keeps_valid_pixel_range(make_idaa, eval_encoder, x):
+    free = make_idaa(eval_encoder, eps=5.0)(x)
+    assert free.min() < 0 or free.max() > 1  # the test would be vacuous otherwise
+    clamped = make_idaa(eval_encoder, eps=5.0, clamp=True)(x)
+    assert clamped.min() >= 0 and clamped.max() <= 1
+    torch.testing.assert_close(clamped, free.clamp(0, 1))
+    normalised = make_idaa(eval_encoder, eps=5.0, clamp=True, mean=0.5, std=0.25)((x - 0.5) / 0.25)
+    assert normalised.min() >= -2 - 1e-6 and normalised.max() <= 2 + 1e-6
+
+
+# -- the adversarial step ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_step_increases_loss_more_than_random_step(vae, seed):
+    encoder = spatial_encoder()
+    x = smooth_batch(seed=seed)
+    eps = 0.5
+    idaa = IDAATransform(vae, encoder=encoder, eps=eps)
+    adv = idaa(x)
+    parts = idaa.decompose(x)
+    signs = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        anchor = encoder(x)
+        clean_loss = nt_xent(anchor, encoder(x))
+        adv_loss = nt_xent(anchor, encoder(adv))
+        random_losses = []
+        for _ in range(8):
+            step = torch.randint(0, 2, parts.latent.shape, generator=signs).float() * 2 - 1
+            random_losses.append(nt_xent(anchor, encoder(to_pixels(vae, parts.latent + eps * step) + parts.residual)))
+        random_losses = torch.stack(random_losses)
+    assert adv_loss > clean_loss
+    assert adv_loss > random_losses.max()
+    assert adv_loss - clean_loss > 1.5 * (random_losses.mean() - clean_loss)
+
+
+def test_one_step_matches_reference_and_moves_only_z(make_idaa, vae, x, monkeypatch):
+    eps = 0.4
+    loss = linear_loss(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    idaa = make_idaa(loss_fn=loss, eps=eps)
+    assert idaa.step_size == eps
+    parts = idaa.decompose(x)
+    seen = record_latents(monkeypatch, vae)
+    out = idaa(x)
+    z_adv = seen[-1]
+    # x_adv - R(x) is an output of the decoder: only z moved, the residual is the one of x.
+    torch.testing.assert_close(out - parts.residual, to_pixels(vae, z_adv), atol=1e-5, rtol=0)
+    torch.testing.assert_close((z_adv - parts.latent).abs(), torch.full_like(z_adv, eps), atol=1e-5, rtol=0)
+    monkeypatch.undo()
+    expected, z_ref, _ = reference_attack(vae, x, loss, eps=eps, steps=1, step_size=eps)
+    torch.testing.assert_close(z_adv, z_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    # Ascent, not descent: the loss went up.
+    assert loss(x, out) > loss(x, x)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_multi_step_matches_reference(make_idaa, vae, x, norm):
+    loss = linear_loss(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    idaa = make_idaa(loss_fn=loss, eps=0.5, steps=3, norm=norm)
+    assert idaa.step_size == pytest.approx(2.5 * 0.5 / 3)
+    expected, _, _ = reference_attack(vae, x, loss, eps=0.5, steps=3, step_size=idaa.step_size, norm=norm)
+    torch.testing.assert_close(idaa(x), expected, atol=1e-5, rtol=0)
+
+
+def test_multi_step_linf_stays_in_ball(make_idaa, vae, x, monkeypatch):
+    eps = 0.3
+    # A loss whose gradient sign changes along the path, so the steps do not all point the same way.
+    weight = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    idaa = make_idaa(loss_fn=lambda a, b: ((b - a) * weight).pow(2).sum() + (b * weight).sum(), eps=eps, steps=4, step_size=eps)
+    mu = idaa.decompose(x).latent
+    seen = record_latents(monkeypatch, vae)
+    idaa(x)
+    assert len(seen) >= 4
+    for z in seen:
+        assert (z - mu).abs().max() <= eps + 1e-5
+    final = (seen[-1] - mu).abs()
+    torch.testing.assert_close(final.amax(dim=1), torch.full((8,), eps), atol=1e-5, rtol=0)
+
+
+def test_multi_step_l2_stays_in_ball(make_idaa, vae, x, monkeypatch):
+    eps = 0.6
+    weight = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    idaa = make_idaa(loss_fn=linear_loss(weight), eps=eps, steps=3, step_size=eps, norm="l2")
+    parts = idaa.decompose(x)
+    seen = record_latents(monkeypatch, vae)
+    out = idaa(x)
+    for z in seen:
+        assert (z - parts.latent).norm(dim=1).max() <= eps + 1e-5
+    torch.testing.assert_close((seen[-1] - parts.latent).norm(dim=1), torch.full((8,), eps), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out - parts.residual, to_pixels(vae, seen[-1]), atol=1e-5, rtol=0)
+    # Not a sign step: the displacement is not the same in every coordinate.
+    delta = (seen[-1] - parts.latent).abs()
+    assert (delta.amax(dim=1) - delta.amin(dim=1)).min() > 1e-3
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_random_start_is_a_point_in_the_ball(make_idaa, vae, x, monkeypatch, norm):
+    eps = 0.5
+    idaa = make_idaa(loss_fn=linear_loss(torch.ones(1)), eps=eps, step_size=0.0, random_start=True, norm=norm, generator=0)
+    parts = idaa.decompose(x)
+    seen = record_latents(monkeypatch, vae)
+    out = idaa(x)
+    delta = seen[-1] - parts.latent
+    size = delta.abs().amax(dim=1) if norm == "linf" else delta.norm(dim=1)
+    assert (size <= eps + 1e-5).all()
+    assert (size > 0).all()
+    # Uniform in the ball: strictly inside it (almost surely), not pushed to its surface.
+    assert (size < eps - 1e-4).all()
+    if norm == "linf":
+        assert (delta.abs() > eps - 1e-3).float().mean() < 0.05
+    # The residual is still the one of x (taken at the posterior mean, not at the random start).
+    torch.testing.assert_close(out - parts.residual, to_pixels(vae, seen[-1]), atol=1e-5, rtol=0)
+    assert (out - x).abs().max() > 1e-4
+
+
+def test_random_start_changes_the_result(make_idaa, eval_encoder, x):
+    plain = make_idaa(eval_encoder, eps=0.3)(x)
+    randomised = make_idaa(eval_encoder, eps=0.3, random_start=True, steps=2, generator=0)(x)
+    assert not torch.allclose(plain, randomised, atol=1e-4)
+
+
+# -- randomness ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [dict(random_start=True), dict(p=0.5), dict(random_start=True, p=0.5)])
+def test_seed_reproducibility(make_idaa, eval_encoder, x, options):
+    first = make_idaa(eval_encoder, eps=0.5, generator=3, **options)(x)
+    again = make_idaa(eval_encoder, eps=0.5, generator=3, **options)(x)
+    other = make_idaa(eval_encoder, eps=0.5, generator=4, **options)(x)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_generator_object_and_advancing_state(make_idaa, eval_encoder, x):
+    idaa = make_idaa(eval_encoder, eps=0.5, random_start=True, generator=torch.Generator().manual_seed(3))
+    first, second = idaa(x), idaa(x)
+    assert not torch.equal(first, second)  # the generator advances between calls
+    torch.testing.assert_close(first, make_idaa(eval_encoder, eps=0.5, random_start=True, generator=3)(x), rtol=0, atol=0)
+
+
+def test_p_zero_returns_input_unchanged(make_idaa, encoder, x):
+    out = make_idaa(encoder, eps=0.5, p=0.0, generator=0)(x)
+    assert torch.equal(out, x)
+
+
+def test_p_half_changes_only_selected_samples(make_idaa, x):
+    loss = linear_loss(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5)))
+    full = make_idaa(loss_fn=loss, eps=0.5)(x)
+    out = make_idaa(loss_fn=loss, eps=0.5, p=0.5, generator=1)(x)
+    unchanged = (out == x).flatten(1).all(dim=1)
+    changed = (out - x).flatten(1).abs().amax(dim=1) > 1e-3
+    assert bool((unchanged | changed).all())  # each sample is either untouched or really augmented
+    assert 0 < int(changed.sum()) < 8
+    # The loss is separable per sample, so the augmented ones are exactly the full-batch results.
+    torch.testing.assert_close(out[changed], full[changed], atol=1e-5, rtol=0)
+
+
+def test_p_half_with_builtin_loss_and_anchor(make_idaa, eval_encoder, x):
+    with torch.no_grad():
+        anchor = eval_encoder(x)
+    idaa_a = make_idaa(eval_encoder, eps=0.5, p=0.5, generator=1)
+    idaa_b = make_idaa(eval_encoder, eps=0.5, p=0.5, generator=1)
+    with_anchor, without = idaa_a(x, anchor=anchor), idaa_b(x)
+    torch.testing.assert_close(with_anchor, without, atol=1e-6, rtol=0)
+    unchanged = (without == x).flatten(1).all(dim=1)
+    assert 0 < int(unchanged.sum()) < 8
+
+
+# -- the caller's encoder is left as found -------------------------------------------------------------------------
+
+
+def test_encoder_grads_flags_and_bn_buffers_untouched(make_idaa, encoder, x):
+    encoder[4].eval()  # mixed flags must survive as they are
+    flags = [m.training for m in encoder.modules()]
+    before = bn_state(encoder)
+    out = make_idaa(encoder, eps=0.5, steps=2)(x)
+    assert (out - x).abs().max() > 1e-3
+    assert all(p.grad is None for p in encoder.parameters())
+    assert [m.training for m in encoder.modules()] == flags
+    assert_same_state(before, encoder)
+    assert int(encoder[1].num_batches_tracked) == 7
+
+
+def test_encoder_existing_grads_kept(make_idaa, encoder, x):
+    for i, p in enumerate(encoder.parameters()):
+        p.grad = torch.full_like(p, float(i))
+    expected = [p.grad.clone() for p in encoder.parameters()]
+    make_idaa(encoder, eps=0.5)(x)
+    for p, g in zip(encoder.parameters(), expected):
+        assert torch.equal(p.grad, g)
+
+
+def test_train_mode_encoder_uses_batch_statistics(make_idaa, encoder, x):
+    """The attack sees the encoder as the caller's forward pass does (batch statistics in train mode)."""
+    frozen = copy.deepcopy(encoder).eval()
+    train_result = make_idaa(encoder, eps=0.5)(x)
+    eval_result = make_idaa(frozen, eps=0.5)(x)
+    assert not torch.allclose(train_result, eval_result, atol=1e-4)
+    # Same as running it on a throw-away copy in train mode (where buffer updates would not matter).
+    torch.testing.assert_close(train_result, make_idaa(copy.deepcopy(encoder), eps=0.5)(x), atol=1e-6, rtol=0)
+
+
+def test_encoder_is_referenced_not_owned(make_idaa, encoder):
+    idaa = make_idaa(encoder)
+    assert idaa.encoder is encoder
+    own = {id(p) for p in idaa.parameters()}
+    assert not any(id(p) in own for p in encoder.parameters())
+    assert not any(k.startswith("encoder.") for k in idaa.state_dict())
+
+
+def test_works_under_no_grad(make_idaa, eval_encoder, x):
+    idaa = make_idaa(eval_encoder, eps=0.5)
+    expected = idaa(x)
+    with torch.no_grad():
+        out = idaa(x)
+    assert (out - x).abs().max() > 1e-3
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+def test_output_detached_even_if_input_requires_grad(make_idaa, encoder, x):
+    leaf = x.clone().requires_grad_(True)
+    out = make_idaa(encoder, eps=0.5)(leaf * 1.0)
+    assert not out.requires_grad and out.grad_fn is None
+    assert leaf.grad is None
+    out_p = make_idaa(encoder, eps=0.5, p=0.5, generator=0)(leaf)
+    assert not out_p.requires_grad
+
+
+def test_vae_stays_in_eval_mode(make_idaa, vae):
+    vae.train()
+    idaa = make_idaa()
+    assert not idaa.vae.training
+    idaa.train()
+    assert idaa.training
+    assert not any(m.training for m in idaa.vae.modules())
+    idaa.eval()
+    idaa.train(True)
+    assert not any(m.training for m in idaa.vae.modules())
+
+
+def test_vae_buffers_untouched(make_idaa, vae, encoder, x):
+    before = bn_state(vae)
+    make_idaa(encoder, eps=0.5, steps=2).train()(x)
+    assert_same_state(before, vae)
+    assert all(p.grad is None for p in vae.parameters())
+
+
+# -- dual BatchNorm ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("adversarial", [True, False])
+def test_adversarial_bn_routing(make_idaa, x, adversarial):
+    encoder = convert_to_dual_bn(make_encoder())
+    duals = [m for m in encoder.modules() if isinstance(m, DualBatchNorm)]
+    assert len(duals) == 2
+    calls = {"clean": 0, "adversarial": 0}
+    for dual in duals:
+        dual.clean.register_forward_hook(lambda *_: calls.__setitem__("clean", calls["clean"] + 1))
+        dual.adversarial.register_forward_hook(lambda *_: calls.__setitem__("adversarial", calls["adversarial"] + 1))
+    before = bn_state(encoder)
+    out = make_idaa(encoder, eps=0.5, use_adversarial_bn=adversarial)(x)
+    assert (out - x).abs().max() > 1e-3
+    if adversarial:
+        assert calls["adversarial"] > 0 and calls["clean"] == 0
+    else:
+        assert calls["clean"] > 0 and calls["adversarial"] == 0
+    assert_same_state(before, encoder)  # clean and adversarial running statistics alike
+    assert all(p.grad is None for p in encoder.parameters())
+    # Routing is back to clean afterwards.
+    calls.update(clean=0, adversarial=0)
+    with torch.no_grad():
+        encoder.eval()(x)
+    assert calls == {"clean": 2, "adversarial": 0}
+
+
+def test_adversarial_bn_changes_result(make_idaa, x):
+    encoder = convert_to_dual_bn(make_encoder().eval())
+    with torch.no_grad():
+        for m in encoder.modules():
+            if isinstance(m, DualBatchNorm):
+                m.adversarial.running_mean.add_(1.0)
+    clean = make_idaa(encoder, eps=0.5)(x)
+    adversarial = make_idaa(encoder, eps=0.5, use_adversarial_bn=True)(x)
+    assert not torch.allclose(clean, adversarial, atol=1e-4)
+
+
+# -- precision, layout, batch size, anchor -------------------------------------------------------------------------
+
+
+def test_autocast_bfloat16(make_idaa, eval_encoder, x):
+    idaa = make_idaa(eval_encoder, eps=0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = idaa(x)
+        zero = make_idaa(eval_encoder, eps=0.0)(x)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    assert torch.isfinite(out).all()
+    assert (out - x).abs().max() > 1e-3
+    torch.testing.assert_close(zero, x, atol=1e-5, rtol=0)
+    # Close to the float32 result: the step is the same up to bfloat16 rounding of a few gradient signs.
+    assert (out - idaa(x)).abs().mean() < 0.5 * (out - x).abs().mean()
+
+
+def test_bfloat16_input_keeps_dtype(make_idaa, x):
+    loss = linear_loss(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    out = make_idaa(loss_fn=loss, eps=0.5)(x.bfloat16())
+    assert out.dtype == torch.bfloat16 and out.shape == x.shape
+    assert (out.float() - x.bfloat16().float()).abs().max() > 1e-2
+
+
+def test_bfloat16_input_and_encoder(vae, x):
+    """The view handed to the loss has the input's dtype, like the output, whatever the VAE's dtype."""
+    encoder = make_encoder().eval().bfloat16()
+    seen = []
+
+    def loss(a, b):
+        seen.append(b.dtype)
+        return negative_cosine(encoder(a), encoder(b))
+
+    out = IDAATransform(vae, encoder=encoder, eps=0.5)(x.bfloat16())
+    assert out.dtype == torch.bfloat16 and (out.float() - x.bfloat16().float()).abs().max() > 1e-2
+    IDAATransform(vae, loss_fn=loss, eps=0.5)(x.bfloat16())
+    assert seen == [torch.bfloat16]
+
+
+def test_channels_last_input(make_idaa, eval_encoder, x):
+    idaa = make_idaa(eval_encoder, eps=0.5)
+    out = idaa(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, idaa(x), atol=1e-5, rtol=0)
+    parts = idaa.decompose(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(parts.identity + parts.residual, x, atol=1e-6, rtol=0)
+
+
+def test_batch_of_one_uses_negative_cosine(make_idaa, x):
+    encoder = spatial_encoder()
+    single = x[:1]
+    out = make_idaa(encoder, eps=0.5)(single)
+    # NT-Xent with one sample is constant (no negatives): a zero gradient would leave x unchanged.
+    with torch.no_grad():
+        assert float(nt_xent(encoder(single), encoder(single))) == 0.0
+    assert (out - single).abs().max() > 1e-3
+    expected = make_idaa(loss_fn=lambda a, b: negative_cosine(encoder(a).flatten(1), encoder(b).flatten(1)), eps=0.5)(single)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_anchor_argument_matches_builtin_anchor(make_idaa, eval_encoder, x):
+    idaa = make_idaa(eval_encoder, eps=0.5, steps=2)
+    anchor = eval_encoder(x)  # with a graph, as it comes out of the caller's forward pass
+    assert anchor.requires_grad
+    torch.testing.assert_close(idaa(x, anchor=anchor), idaa(x), atol=1e-6, rtol=0)
+    assert all(p.grad is None for p in eval_encoder.parameters())
+    # The anchor is really used: a different one gives a different step.
+    assert not torch.allclose(idaa(x, anchor=anchor.roll(1, dims=0)), idaa(x), atol=1e-4)
+
+
+def test_per_call_loss_overrides_constructor_loss(make_idaa, eval_encoder, x):
+    weight = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    idaa = make_idaa(eval_encoder, eps=0.5)
+    per_call = idaa(x, loss_fn=linear_loss(weight))
+    torch.testing.assert_close(per_call, make_idaa(loss_fn=linear_loss(weight), eps=0.5)(x), atol=0, rtol=0)
+    assert not torch.allclose(per_call, idaa(x), atol=1e-4)
+
+
+def test_loss_fn_receives_input_and_differentiable_view(make_idaa, x):
+    received = []
+
+    def loss(a, b):
+        received.append((a, b))
+        return (b * b).mean()
+
+    make_idaa(loss_fn=loss, eps=0.2, steps=2)(x)
+    assert len(received) == 2
+    for a, b in received:
+        assert torch.equal(a, x)
+        assert b.shape == x.shape and b.requires_grad
+
+
+# -- input and argument validation ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(3, 32), (1, 2, 3, 32, 32)])
+def test_wrong_rank(make_idaa, encoder, shape):
+    with pytest.raises(ValueError, match=r"expected \(B, C, H, W\) or \(C, H, W\)"):
+        make_idaa(encoder)(torch.rand(shape))
+    with pytest.raises(ValueError, match=r"expected \(B, C, H, W\) or \(C, H, W\)"):
+        make_idaa(encoder).decompose(torch.rand(shape))
+
+
+def test_channel_mismatch(make_idaa, encoder):
+    with pytest.raises(ValueError, match="expects 3 channels, got 1"):
+        make_idaa(encoder)(torch.rand(2, 1, 32, 32))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
+def test_non_floating_input(make_idaa, encoder, dtype):
+    with pytest.raises(TypeError, match="floating-point"):
+        make_idaa(encoder)(torch.zeros(2, 3, 32, 32, dtype=dtype))
+
+
+def test_non_tensor_input(make_idaa, encoder):
+    with pytest.raises(TypeError, match="expected a torch.Tensor"):
+        make_idaa(encoder)([[0.0]])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_input(make_idaa, encoder, x, bad):
+    x = x.clone()
+    x[1, 2, 3, 4] = bad
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        make_idaa(encoder)(x)
+    out = make_idaa(loss_fn=lambda a, b: b.nan_to_num().sum(), check_finite=False)(x)
+    assert out.shape == x.shape  # the check can be switched off
+
+
+def test_empty_batch_returned_unchanged(make_idaa, encoder):
+    empty = torch.rand(0, 3, 32, 32)
+    out = make_idaa(encoder)(empty)
+    assert out.shape == (0, 3, 32, 32) and out.dtype == empty.dtype
+    assert make_idaa(encoder, p=0.5, generator=0)(empty).shape == (0, 3, 32, 32)
+
+
+def test_loss_must_be_scalar(make_idaa, x):
+    with pytest.raises(ValueError, match="expected a scalar tensor"):
+        make_idaa(loss_fn=lambda a, b: b.sum(dim=(1, 2, 3)))(x)
+    with pytest.raises(ValueError, match="expected a scalar tensor"):
+        make_idaa(loss_fn=lambda a, b: float(b.detach().sum()))(x)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda a, b: (a * 0).sum() + torch.tensor(1.0, requires_grad=True),
+        lambda a, b: b.detach().sum(),
+        lambda a, b: torch.tensor(0.0),
+    ],
+    ids=["unrelated-leaf", "detached", "constant"],
+)
+def test_loss_without_gradient_path(make_idaa, x, loss):
+    with pytest.raises(ValueError, match="no gradient path to x_adv"):
+        make_idaa(loss_fn=loss)(x)
+
+
+def test_loss_through_input_only(make_idaa, x):
+    leaf = x.clone().requires_grad_(True)
+    with pytest.raises(ValueError, match="no gradient path to x_adv"):
+        make_idaa(loss_fn=lambda a, b: a.sum())(leaf)
+
+
+def test_device_mismatch(make_idaa, encoder, x):
+    idaa = make_idaa(encoder).to("meta")
+    with pytest.raises(ValueError, match="input is on cpu but the VAE is on meta"):
+        idaa(x)
+    with pytest.raises(ValueError, match="input is on cpu but the VAE is on meta"):
+        idaa.decompose(x)
+    on_cpu = IDAATransform(make_vae(), encoder=make_encoder().to("meta"))
+    with pytest.raises(ValueError, match="encoder is on meta"):
+        on_cpu(x)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        (dict(eps=-0.1), ValueError, "eps out of bounds"),
+        (dict(eps=float("nan")), ValueError, "eps out of bounds"),
+        (dict(eps="0.1"), ValueError, "eps out of bounds"),
+        (dict(steps=0), ValueError, "steps out of bounds"),
+        (dict(steps=1.5), ValueError, "steps out of bounds"),
+        (dict(steps=True), ValueError, "steps out of bounds"),
+        (dict(step_size=-1.0), ValueError, "step_size out of bounds"),
+        (dict(p=-0.1), ValueError, "p out of bounds"),
+        (dict(p=1.5), ValueError, "p out of bounds"),
+        (dict(temperature=0.0), ValueError, "temperature out of bounds"),
+        (dict(norm="l1"), ValueError, "norm: expected one of"),
+        (dict(mean=0.5), ValueError, "mean, std: give both"),
+        (dict(std=0.5), ValueError, "mean, std: give both"),
+        (dict(mean=[0.5, 0.5], std=0.5), ValueError, r"mean: expected 1 or 3 values"),
+        (dict(mean=0.5, std=[0.5, 0.0, 0.5]), ValueError, "std: expected positive values"),
+        (dict(generator="0"), TypeError, "generator: expected a torch.Generator or an int seed"),
+        (dict(generator=0.5), TypeError, "generator: expected a torch.Generator or an int seed"),
+        (dict(generator=True), TypeError, "generator: expected a torch.Generator or an int seed"),
+    ],
+)
+def test_bad_arguments(vae, encoder, options, error, message):
+    with pytest.raises(error, match=message):
+        IDAATransform(vae, encoder, **options)
+
+
+def test_bad_components(vae, x):
+    with pytest.raises(TypeError, match="vae: expected an IdentityVAE"):
+        IDAATransform(nn.Identity())
+    with pytest.raises(TypeError, match="encoder: expected a callable"):
+        IDAATransform(vae, encoder=3)
+    with pytest.raises(TypeError, match="loss_fn: expected a callable"):
+        IDAATransform(vae, loss_fn="nt_xent")
+    with pytest.raises(TypeError, match="loss_fn: expected a callable"):
+        IDAATransform(vae, loss_fn=lambda a, b: b.sum())(x, loss_fn=1.0)
+
+
+def test_no_encoder_and_no_loss(make_idaa, x):
+    idaa = make_idaa()
+    with pytest.raises(ValueError, match="no loss to increase"):
+        idaa(x)
+    assert idaa.decompose(x).identity.shape == x.shape  # decomposing needs no loss
+
+
+def test_bad_anchor(make_idaa, eval_encoder, x):
+    with pytest.raises(ValueError, match="anchor: expected encoder\\(x\\), a tensor with 8 rows"):
+        make_idaa(eval_encoder)(x, anchor=torch.zeros(7, 16))
+    with pytest.raises(ValueError, match="anchor: expected encoder\\(x\\)"):
+        make_idaa(eval_encoder)(x, anchor=[0.0] * 8)
+
+
+# -- copying and serialisation -------------------------------------------------------------------------------------
+
+
+def test_deepcopy(make_idaa, eval_encoder, x):
+    idaa = make_idaa(eval_encoder, eps=0.5, random_start=True, generator=0)
+    clone = copy.deepcopy(idaa)
+    assert clone.vae is not idaa.vae
+    torch.testing.assert_close(clone(x), idaa(x), atol=0, rtol=0)  # generator state copied too
+    assert not clone.vae.training
+
+
+def test_pickle_round_trip(make_idaa, eval_encoder, x):
+    idaa = make_idaa(eval_encoder, eps=0.5, generator=0)
+    restored = pickle.loads(pickle.dumps(idaa))
+    torch.testing.assert_close(restored(x), idaa(x), atol=0, rtol=0)
+
+
+def test_to_dtype(make_idaa, x):
+    encoder = make_encoder().eval().double()
+    idaa = make_idaa(encoder, eps=0.0).to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in idaa.vae.parameters())
+    out = idaa(x.double())
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, x.double(), atol=1e-12, rtol=0)
+    adv = make_idaa(encoder, eps=0.5).to(torch.float64)(x.double())
+    assert adv.dtype == torch.float64 and (adv - x.double()).abs().max() > 1e-3
+    # A float32 batch through a float64 transform still comes back as float32.
+    assert make_idaa(encoder.float(), eps=0.5).to(torch.float64)(x).dtype == torch.float32
+
+
+def test_state_dict_round_trip(make_idaa, eval_encoder, x):
+    idaa = make_idaa(eval_encoder, eps=0.5)
+    state = idaa.state_dict()
+    assert state and all(k.startswith("vae.") for k in state)
+    fresh = IDAATransform(make_vae(seed=123), encoder=eval_encoder, eps=0.5)
+    assert not torch.allclose(fresh(x), idaa(x), atol=1e-4)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh(x), idaa(x), atol=0, rtol=0)
+
+
+def test_repr_mentions_options(make_idaa):
+    text = repr(make_idaa(eps=0.25, steps=2, norm="l2"))
+    assert "eps=0.25" in text and "steps=2" in text and "norm='l2'" in text
+
+
+def test_config_variant_vae(x):
+    vae = make_vae(width=16, latent_dim=8, num_res_blocks=1, bottleneck_norm=True, output_norm="tanh_batchnorm")
+    idaa = IDAATransform(vae, loss_fn=linear_loss(torch.randn(1, 3, 32, 32)), eps=0.5)
+    parts = idaa.decompose(x)
+    torch.testing.assert_close(parts.identity + parts.residual, x, atol=1e-6, rtol=0)
+    assert idaa(x).shape == x.shape
+    assert isinstance(vae.config, VAEConfig)
