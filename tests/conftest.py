@@ -59,6 +59,16 @@ def batch(b: int = 8, h: int = 32, w: int = 32, seed: int = 2) -> torch.Tensor:
 
 
 @pytest.fixture
+def single_thread():
+    """Run a test on one intra-op thread: for tiny tensors extra threads only add synchronisation, which becomes
+    very slow when other processes compete for the cores. The previous setting is restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def vae() -> IdentityVAE:
     return make_vae()
 

@@ -11,6 +11,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from idaa_transforms import DualBatchNorm, adversarial_bn, convert_to_dual_bn
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 class Block(nn.Module):
     def __init__(self) -> None:

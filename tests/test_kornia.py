@@ -13,6 +13,8 @@ from torch import nn
 
 from idaa_transforms import IDAATransform
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 

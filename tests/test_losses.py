@@ -9,6 +9,8 @@ import torch
 
 from idaa_transforms import negative_cosine, nt_xent
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def reference_nt_xent(a: list[list[float]], b: list[list[float]], temperature: float) -> float:
     """SimCLR's NT-Xent written out with loops over plain Python lists."""

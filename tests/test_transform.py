@@ -22,6 +22,8 @@ from idaa_transforms import (
     nt_xent,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 # -- helpers -------------------------------------------------------------------------------------------------------
 
 

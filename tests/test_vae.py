@@ -11,6 +11,8 @@ from torch import nn
 
 from idaa_transforms import IdentityVAE, VAEConfig, VAEEncoding, VAEOutput, vae_loss
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def count_bn(module: nn.Module) -> int:
     return sum(isinstance(m, nn.BatchNorm2d) for m in module.modules())
