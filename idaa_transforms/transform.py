@@ -76,6 +76,43 @@ def call_without_buffer_updates(module: Callable[[Tensor], Tensor], x: Tensor) -
     return torch.func.functional_call(module, stats, (x,), strict=False)
 
 
+def _posterior_mean(vae: IdentityVAE, v: Tensor) -> Tensor:
+    """``vae.encode(v).mu`` without the log-variance head, which the transform never uses.
+
+    A VAE whose ``encode`` is overridden (a subclass, or an instance attribute such as a compiled ``encode``) is
+    called through it unchanged.
+    """
+    if type(vae).encode is not IdentityVAE.encode or "encode" in vars(vae):
+        return vae.encode(v).mu
+    return vae.fc_mu(vae.encoder_trunk(vae.encoder_stages(v)).flatten(1))
+
+
+def encoder_loss(
+    encoder: Callable[[Tensor], Tensor],
+    x: Tensor,
+    x_adv: Tensor,
+    anchor: Tensor | None = None,
+    temperature: float = 0.5,
+    adversarial: bool = False,
+) -> Tensor:
+    """The built-in attack objective: NT-Xent between ``encoder(x)`` (or ``anchor``) and ``encoder(x_adv)``.
+
+    The encoder runs without touching its BatchNorm statistics, through its adversarial BatchNorms if
+    ``adversarial``; ``anchor`` is detached. With one sample NT-Xent has no negatives, so the negative cosine
+    similarity (its alignment term) is used.
+    """
+    with adversarial_bn(adversarial):
+        if anchor is None:
+            with torch.no_grad():
+                anchor = call_without_buffer_updates(encoder, x)
+        embedding = call_without_buffer_updates(encoder, x_adv)
+    anchor = anchor.detach().flatten(1)
+    embedding = embedding.flatten(1)
+    if embedding.shape[0] == 1:
+        return negative_cosine(anchor, embedding)
+    return nt_xent(anchor, embedding, temperature)
+
+
 class IDAATransform(nn.Module):
     r"""Identity-disentangled adversarial augmentation (Yang et al., ICML 2022) for batches on any device.
 
@@ -297,7 +334,9 @@ class IDAATransform(nn.Module):
                     g = self._decode(z, x)
                 value = loss(x, g.to(x.dtype) + residual, anchor)
                 grad = self._grad(value, z)
-                z = self._ascend(z.detach(), grad, mu).requires_grad_(step < self.steps - 1)
+                with torch.no_grad():
+                    z = self._ascend(z, grad, mu)
+                z = z.detach().requires_grad_(step < self.steps - 1)
         with torch.no_grad():
             out = self._decode(z, x).to(x.dtype) + residual
             if self.clamp:
@@ -331,7 +370,7 @@ class IDAATransform(nn.Module):
         size = self.vae.config.image_size
         if v.shape[-2:] != (size, size):
             v = F.interpolate(v, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return self.vae.encode(v).mu
+        return _posterior_mean(self.vae, v)
 
     def _decode(self, z: Tensor, like: Tensor) -> Tensor:
         """``G`` at latent ``z``, resized to ``like``'s resolution and mapped to the caller's space."""
@@ -366,16 +405,7 @@ class IDAATransform(nn.Module):
         return self._encoder_loss
 
     def _encoder_loss(self, x: Tensor, x_adv: Tensor, anchor: Tensor | None) -> Tensor:
-        with adversarial_bn(self.use_adversarial_bn):
-            if anchor is None:
-                with torch.no_grad():
-                    anchor = call_without_buffer_updates(self.encoder, x)
-            embedding = call_without_buffer_updates(self.encoder, x_adv)
-        anchor = anchor.detach().flatten(1)
-        embedding = embedding.flatten(1)
-        if embedding.shape[0] == 1:
-            return negative_cosine(anchor, embedding)
-        return nt_xent(anchor, embedding, self.temperature)
+        return encoder_loss(self.encoder, x, x_adv, anchor, self.temperature, self.use_adversarial_bn)
 
     # -- validation --------------------------------------------------------------------------------------------
     def _check_input(self, x: Tensor) -> tuple[Tensor, bool]:
