@@ -1,7 +1,7 @@
 """BYOL on CIFAR-10 (or the offline photos), with IDAA by default and ``--no-idaa`` for the baseline.
 
     python examples/byol_cifar.py --help
-    python examples/byol_cifar.py --dataset photos --arch small_cnn --epochs 12 --out runs/byol-quickstart
+    python examples/byol_cifar.py --dataset photos --arch small_cnn --epochs 15 --out runs/byol-quickstart
 """
 
 from idaa_transforms.trainers.cli import main

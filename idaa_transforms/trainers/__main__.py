@@ -1,6 +1,9 @@
 """``python -m idaa_transforms.trainers``: the trainers' command line."""
 
+import sys
+
 from idaa_transforms.trainers.cli import main
 
 if __name__ == "__main__":
+    sys.argv[0] = "python -m idaa_transforms.trainers"
     main()

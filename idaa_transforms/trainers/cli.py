@@ -23,8 +23,8 @@ _EPILOG = """examples:
   python examples/simclr_cifar.py --epochs 200 --amp --out runs/simclr-idaa
   # the same without IDAA (the baseline)
   python examples/simclr_cifar.py --epochs 200 --amp --no-idaa --out runs/simclr
-  # offline, a few minutes on a laptop CPU
-  python examples/simclr_cifar.py --dataset photos --arch small_cnn --epochs 12 --out runs/quickstart
+  # offline, a few minutes on a 2-core CPU
+  python examples/simclr_cifar.py --dataset photos --arch small_cnn --epochs 15 --out runs/quickstart
   # several GPUs
   torchrun --nproc_per_node=4 examples/simclr_cifar.py --batch-size 512 --amp --out runs/simclr-4gpu
 

@@ -24,6 +24,7 @@ class DistEnv:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -53,14 +54,15 @@ def setup(device: str | None = None) -> DistEnv:
         dev = torch.device("cuda", local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if world_size > 1 and not dist.is_initialized():
+    owns_group = world_size > 1 and not dist.is_initialized()
+    if owns_group:
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistEnv(rank, world_size, local_rank, dev)
+    return DistEnv(rank, world_size, local_rank, dev, owns_group)
 
 
-def cleanup() -> None:
-    """Destroy the process group, if one was started."""
-    if dist.is_available() and dist.is_initialized():
+def cleanup(env: DistEnv) -> None:
+    """Destroy the process group if :func:`setup` started it (a caller's own group is left alone)."""
+    if env.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

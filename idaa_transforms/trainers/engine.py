@@ -204,7 +204,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     try:
         return _train(cfg, env)
     finally:
-        D.cleanup()
+        D.cleanup(env)
 
 
 def _train(cfg: TrainConfig, env: D.DistEnv) -> dict[str, Any]:
@@ -267,7 +267,6 @@ def _train(cfg: TrainConfig, env: D.DistEnv) -> dict[str, Any]:
     grid_x = _to_float(test_x[torch.linspace(0, test_x.shape[0] - 1, 8).long().to(device)])
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
     last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
-    seconds_trained = images_trained = 0.0
 
     for epoch in range(start_epoch, last_epoch):
         model.train()
@@ -305,15 +304,12 @@ def _train(cfg: TrainConfig, env: D.DistEnv) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - tic
-        loss_sum = D.all_reduce_mean(sums) / steps_per_epoch
-        seconds_trained += seconds
-        images_trained += steps_per_epoch * cfg.batch_size
-
-        row: dict[str, Any] = dict(zip(("loss", "loss_clean", "loss_adv"), loss_sum.tolist()))
-        row = {"epoch": epoch + 1, **row, "knn_acc": None, "lr": optimizer.param_groups[0]["lr"],
-               "seconds": round(seconds, 3), "images_per_s": round(steps_per_epoch * cfg.batch_size / seconds, 1)}
-        if not cfg.idaa:
-            row["loss_adv"] = None
+        loss, loss_clean, loss_adv = (D.all_reduce_mean(sums) / steps_per_epoch).tolist()  # one sync per epoch
+        row: dict[str, Any] = {
+            "epoch": epoch + 1, "loss": loss, "loss_clean": loss_clean, "loss_adv": loss_adv if cfg.idaa else None,
+            "knn_acc": None, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
+            "images_per_s": round(steps_per_epoch * cfg.batch_size / seconds, 1),
+        }
         if env.is_main and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
             row["knn_acc"] = _knn(cfg, model.backbone, train_x, train_y, test_x, test_y)
         metrics.append(row)
