@@ -48,7 +48,7 @@ def negative_cosine(a: Tensor, b: Tensor) -> Tensor:
     """Mean negative cosine similarity of paired rows, the BYOL/SimSiam criterion (without its stop-gradient).
 
     Example:
-        >>> float(negative_cosine(torch.ones(2, 3), torch.ones(2, 3)))
+        >>> round(float(negative_cosine(torch.ones(2, 3), torch.ones(2, 3))), 6)
         -1.0
     """
     if a.shape != b.shape:
