@@ -13,7 +13,7 @@ Only ``z`` moves, so the sample changes along the VAE's manifold and keeps its f
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -56,14 +56,20 @@ def _per_channel(name: str, values: float | Sequence[float] | None, channels: in
     return t.clone().view(1, channels, 1, 1)
 
 
-def call_without_buffer_updates(module: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """``module(x)`` with BatchNorm running statistics left exactly as they were.
+def call_without_buffer_updates(module: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``module(*args, **kwargs)`` with BatchNorm running statistics left exactly as they were.
 
     BatchNorms in training mode still normalise with batch statistics, as they would in the caller's own forward
     pass, but update throw-away copies of their buffers: the module's tensors are never written to.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+        >>> _ = call_without_buffer_updates(net, torch.randn(8, 3))
+        >>> int(net[1].num_batches_tracked)
+        0
     """
     if not isinstance(module, nn.Module):
-        return module(x)
+        return module(*args, **kwargs)
     stats = {
         f"{name}.{buf}": getattr(m, buf).clone()
         for name, m in module.named_modules()
@@ -72,8 +78,8 @@ def call_without_buffer_updates(module: Callable[[Tensor], Tensor], x: Tensor) -
         if getattr(m, buf, None) is not None
     }
     if not stats:
-        return module(x)
-    return torch.func.functional_call(module, stats, (x,), strict=False)
+        return module(*args, **kwargs)
+    return torch.func.functional_call(module, stats, args, kwargs, strict=False)
 
 
 def _posterior_mean(vae: IdentityVAE, v: Tensor) -> Tensor:

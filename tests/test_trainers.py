@@ -15,7 +15,8 @@ from idaa_transforms.data import make_dataset
 from idaa_transforms.trainers import TrainConfig, build_encoder, build_method, cifar_resnet18, parse_args, train
 from idaa_transforms.trainers.cli import build_parser
 from idaa_transforms.trainers.engine import load_split
-from idaa_transforms.trainers.methods import BYOL, stateless_call
+from idaa_transforms.trainers.methods import BYOL
+from idaa_transforms.transform import call_without_buffer_updates
 
 from conftest import make_vae
 
@@ -38,10 +39,10 @@ def test_build_encoder_rejects_unknown_arch():
         build_encoder("vit")
 
 
-def test_stateless_call_keeps_batchnorm_statistics():
+def test_call_without_buffer_updates_keeps_batchnorm_statistics():
     method = build_method("simclr", "small_cnn").train()
     before = {k: v.clone() for k, v in method.state_dict().items()}
-    stateless_call(method, torch.rand(4, 3, 32, 32))
+    call_without_buffer_updates(method, torch.rand(4, 3, 32, 32))
     assert all(torch.equal(before[k], v) for k, v in method.state_dict().items())
     method(torch.rand(4, 3, 32, 32))  # a plain call does update them
     assert not all(torch.equal(before[k], v) for k, v in method.state_dict().items())
@@ -71,18 +72,18 @@ def test_adversarial_view_increases_the_methods_loss(name):
     x = torch.rand(8, 3, 32, 32)
     state = {k: v.clone() for k, v in method.state_dict().items()}
     with torch.no_grad():
-        out = stateless_call(method, x)
-        clean = stateless_call(method, x)
+        out = call_without_buffer_updates(method, x)
+        clean = call_without_buffer_updates(method, x)
     x_adv = method.adversarial_view(idaa, x, out)
     assert x_adv.shape == x.shape and not x_adv.requires_grad and not torch.equal(x_adv, x)
     assert all(torch.equal(state[k], v) for k, v in method.state_dict().items())  # no BN statistics moved
     with torch.no_grad():
-        adv = stateless_call(method, x_adv)
+        adv = call_without_buffer_updates(method, x_adv)
         # A random perturbation of the same size in latent space is the control.
         parts = idaa.decompose(x)
         z = parts.latent + 0.5 * torch.randn(parts.latent.shape).sign()
         x_rand = idaa._decode(z, x) + parts.residual
-        rand = stateless_call(method, x_rand)
+        rand = call_without_buffer_updates(method, x_rand)
     assert method.pair_loss(out, adv) > method.pair_loss(out, rand)
     assert method.pair_loss(out, adv) > method.pair_loss(out, clean)
 

@@ -24,29 +24,17 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from idaa_transforms.bn import adversarial_bn
 from idaa_transforms.losses import negative_cosine, nt_xent
 from idaa_transforms.trainers.distributed import all_gather_with_grad
 from idaa_transforms.trainers.models import build_encoder, mlp_head
-from idaa_transforms.transform import IDAATransform
+from idaa_transforms.transform import IDAATransform, call_without_buffer_updates
 
-__all__ = ["METHODS", "SimCLR", "BYOL", "build_method", "stateless_call"]
+__all__ = ["METHODS", "SimCLR", "BYOL", "build_method"]
 
 METHODS = ("simclr", "byol")
 Outputs = dict[str, Tensor]
-
-
-def stateless_call(module: nn.Module, *args, **kwargs):
-    """``module(*args, **kwargs)`` leaving BatchNorm running statistics as they were (batch statistics still used)."""
-    stats = {
-        f"{name}.{buf}": getattr(m, buf).clone()
-        for name, m in module.named_modules()
-        if isinstance(m, _BatchNorm) and m.training and m.track_running_stats
-        for buf in ("running_mean", "running_var", "num_batches_tracked")
-    }
-    return torch.func.functional_call(module, stats, args, kwargs, strict=False)
 
 
 class SimCLR(nn.Module):
@@ -124,7 +112,7 @@ class BYOL(nn.Module):
 
         def loss_fn(_: Tensor, x_adv: Tensor) -> Tensor:
             with adversarial_bn(idaa.use_adversarial_bn):
-                return negative_cosine(stateless_call(self, x_adv, target=False)["p"], target)
+                return negative_cosine(call_without_buffer_updates(self, x_adv, target=False)["p"], target)
 
         return idaa(x, loss_fn=loss_fn)
 
