@@ -38,9 +38,9 @@ from idaa_transforms.data import DATASETS, make_dataset
 from idaa_transforms.trainers import distributed as D
 from idaa_transforms.trainers.augment import simclr_views
 from idaa_transforms.trainers.evaluation import extract_features, knn_accuracy, linear_probe
-from idaa_transforms.trainers.methods import METHODS, build_method, stateless_call
+from idaa_transforms.trainers.methods import METHODS, build_method
 from idaa_transforms.trainers.models import ARCHS
-from idaa_transforms.transform import IDAATransform
+from idaa_transforms.transform import IDAATransform, call_without_buffer_updates
 
 __all__ = ["TrainConfig", "train", "load_split", "write_grid", "CHECKPOINT", "METRICS", "RESULTS", "GRID"]
 
@@ -186,7 +186,7 @@ def write_grid(idaa: IDAATransform, model: nn.Module, x: Tensor, path: str | Pat
 
     with torch.no_grad():
         parts = idaa.decompose(x)
-        out = stateless_call(model, x)
+        out = call_without_buffer_updates(model, x)
     x_adv = model.adversarial_view(idaa, x, out)
     diff = (x_adv - x).abs()
     rows = [x, parts.identity, parts.residual * 4 + 0.5, x_adv, diff / diff.amax().clamp_min(1e-8)]
