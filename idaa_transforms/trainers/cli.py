@@ -60,6 +60,10 @@ def build_parser(method: str = "simclr", prog: str | None = None) -> argparse.Ar
     g.add_argument("--vae", default=None, metavar="ID_OR_PATH",
                    help="VAE checkpoint: a Hub repo id or a local folder (default: the VAE shipped with the package)")
     g.add_argument("--eps", type=float, default=d.eps, help="latent perturbation radius")
+    g.add_argument("--adversary", default=d.adversary, choices=("idaa", "pixel_fgsm"),
+                   help="the third view: IDAA in the VAE's latent space, or a one-step pixel-space FGSM control")
+    g.add_argument("--pixel-eps", type=float, default=d.pixel_eps,
+                   help="L-inf step of --adversary pixel_fgsm, in [0, 1] pixel units")
     g.add_argument("--alpha", type=float, default=d.alpha, help="weight of L(v1, x_adv)")
     g.add_argument("--attack-steps", type=int, default=d.attack_steps, help="gradient steps of the attack")
     g.add_argument("--no-dual-bn", dest="dual_bn", action="store_false",

@@ -6,7 +6,9 @@ One training step on a batch ``x`` (on the device):
 2. ``L(v1, v2)``, the method's loss over the global batch;
 3. with IDAA, the adversarial view ``x_adv`` of ``v1`` from :class:`~idaa_transforms.IDAATransform`, attacking the
    method's own loss with the outputs of ``v1`` already computed, and ``L(v1, x_adv)`` with the ``x_adv`` forward
-   inside :func:`~idaa_transforms.adversarial_bn` (separate adversarial BatchNorms unless disabled);
+   inside :func:`~idaa_transforms.adversarial_bn` (separate adversarial BatchNorms unless disabled); with
+   ``adversary="pixel_fgsm"`` the view comes from :class:`~idaa_transforms.experiments.pixel_fgsm.PixelFGSM` instead
+   (one signed-gradient step of size ``pixel_eps`` on the pixels), everything else unchanged;
 4. one optimiser step on ``L(v1, v2) + alpha * L(v1, x_adv)``.
 
 Outputs in ``config.out`` (written by rank 0): ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (every
@@ -35,6 +37,7 @@ from tqdm.auto import tqdm
 
 from idaa_transforms.bn import adversarial_bn, convert_to_dual_bn
 from idaa_transforms.data import DATASETS, make_dataset
+from idaa_transforms.experiments.pixel_fgsm import PixelFGSM
 from idaa_transforms.trainers import distributed as D
 from idaa_transforms.trainers.augment import simclr_views
 from idaa_transforms.trainers.evaluation import extract_features, knn_accuracy, linear_probe
@@ -46,6 +49,7 @@ __all__ = ["TrainConfig", "train", "load_split", "write_grid", "CHECKPOINT", "ME
 
 CHECKPOINT, METRICS, RESULTS, GRID = "checkpoint.pt", "metrics.jsonl", "results.json", "idaa_grid.png"
 OPTIMIZERS = ("adam", "sgd")
+ADVERSARIES = ("idaa", "pixel_fgsm")
 SCHEDULES = ("cosine", "constant")
 # Settings that may change between a run and its resumption without changing what is computed.
 _RESUMABLE = {"resume", "epochs", "stop_after", "save_every", "no_progress", "workers", "device", "out", "data_dir",
@@ -74,6 +78,8 @@ class TrainConfig:
     idaa: bool = True
     vae: str | None = None
     eps: float = 0.1
+    adversary: str = "idaa"
+    pixel_eps: float = 8 / 255
     alpha: float = 1.0
     attack_steps: int = 1
     dual_bn: bool = True
@@ -100,7 +106,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name, choices in (("method", METHODS), ("dataset", DATASETS), ("arch", ARCHS),
-                              ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+                              ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                              ("adversary", ADVERSARIES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}: expected one of {choices}, got {getattr(self, name)!r}.")
         for name in ("epochs", "batch_size", "save_every", "knn_k", "knn_every", "probe_steps", "attack_steps",
@@ -111,7 +118,7 @@ class TrainConfig:
         for name in ("lr", "temperature", "knn_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: expected a number > 0, got {getattr(self, name)!r}.")
-        for name in ("eps", "alpha", "weight_decay", "warmup_epochs", "workers"):
+        for name in ("eps", "pixel_eps", "alpha", "weight_decay", "warmup_epochs", "workers"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}.")
         if not 0 <= self.byol_momentum <= 1:
@@ -177,19 +184,21 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
-def write_grid(idaa: IDAATransform, model: nn.Module, x: Tensor, path: str | Path) -> None:
+def write_grid(idaa: IDAATransform | PixelFGSM, model: nn.Module, x: Tensor, path: str | Path) -> None:
     """PNG rows: ``x``, ``G(x)``, ``R(x)`` (x4 around grey), ``x_adv`` and ``|x_adv - x|`` scaled to its maximum.
 
     ``model`` (a method in train mode) is attacked as in training; its BatchNorm statistics are left untouched.
+    A :class:`PixelFGSM` has no decomposition: its grid has the rows ``x``, ``x_adv`` and ``|x_adv - x|``.
     """
     from torchvision.utils import save_image
 
     with torch.no_grad():
-        parts = idaa.decompose(x)
+        parts = idaa.decompose(x) if isinstance(idaa, IDAATransform) else None
         out = call_without_buffer_updates(model, x)
     x_adv = model.adversarial_view(idaa, x, out)
     diff = (x_adv - x).abs()
-    rows = [x, parts.identity, parts.residual * 4 + 0.5, x_adv, diff / diff.amax().clamp_min(1e-8)]
+    middle = [] if parts is None else [parts.identity, parts.residual * 4 + 0.5]
+    rows = [x, *middle, x_adv, diff / diff.amax().clamp_min(1e-8)]
     save_image(torch.cat([r.float().clamp(0, 1) for r in rows]).cpu(), str(path), nrow=x.shape[0], padding=1,
                pad_value=1.0)
 
@@ -216,8 +225,9 @@ def _train(cfg: TrainConfig, env: D.DistEnv) -> dict[str, Any]:
     if cfg.resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         saved = ckpt["config"]
-        changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items()
-                   if k not in _RESUMABLE and saved.get(k) != v}
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # for settings added since
+        changed = {k: (saved.get(k, defaults[k]), v) for k, v in dataclasses.asdict(cfg).items()
+                   if k not in _RESUMABLE and saved.get(k, defaults[k]) != v}
         if changed:
             raise ValueError(f"resume: the checkpoint in {ckpt_path} was made with different settings "
                              f"(name: (checkpoint, now)): {changed}.")
@@ -237,8 +247,12 @@ def _train(cfg: TrainConfig, env: D.DistEnv) -> dict[str, Any]:
         convert_to_dual_bn(model)
     model.to(device)
     torch.manual_seed(cfg.seed * 1000 + env.rank)  # then a random stream (views) per process
-    idaa = None
-    if cfg.idaa:
+    idaa: IDAATransform | PixelFGSM | None = None
+    if cfg.idaa and cfg.adversary == "pixel_fgsm":
+        # BYOL has no ``encoder``: its adversarial_view passes its own loss_fn, so the module is never called.
+        idaa = PixelFGSM(encoder=getattr(model, "encoder", model), eps=cfg.pixel_eps, temperature=cfg.temperature,
+                         use_adversarial_bn=cfg.dual_bn)
+    elif cfg.idaa:
         idaa = IDAATransform.from_pretrained(cfg.vae, encoder=getattr(model, "encoder", None), eps=cfg.eps,
                                              steps=cfg.attack_steps, temperature=cfg.temperature,
                                              use_adversarial_bn=cfg.dual_bn, map_location=device)
