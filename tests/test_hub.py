@@ -181,3 +181,28 @@ def test_shipped_default_loads_offline_and_reconstructs():
     torch.manual_seed(0)
     untrained_err = IDAATransform(IdentityVAE(vae.config), loss_fn=lambda a, b: b.sum()).decompose(x).residual.pow(2).mean()
     assert trained_err < 0.015 and untrained_err > 0.05
+
+
+def test_push_to_hub_uploads_a_loadable_checkpoint(tiny_vae, tmp_path, monkeypatch):
+    """push_to_hub goes through huggingface_hub's HfApi; the folder it uploads loads back (network calls replaced)."""
+    from huggingface_hub import HfApi
+
+    uploaded = {}
+
+    class Repo:
+        repo_id = REPO
+
+    def fake_create_repo(self, repo_id, **kwargs):
+        return Repo()
+
+    def fake_upload_folder(self, *, repo_id, folder_path, **kwargs):
+        shutil.copytree(folder_path, tmp_path / "uploaded")
+        uploaded["repo_id"] = repo_id
+        return "commit-url"
+
+    monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
+    assert tiny_vae.push_to_hub(REPO) == "commit-url"
+    assert uploaded["repo_id"] == REPO
+    assert {p.name for p in (tmp_path / "uploaded").iterdir()} >= {"config.json", "model.safetensors", "README.md"}
+    assert_same_model(tiny_vae, load_vae(tmp_path / "uploaded"))
