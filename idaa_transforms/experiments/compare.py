@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -145,7 +146,7 @@ class RunRecord:
     folder: str
     knn_acc: float
     linear_acc: float
-    sec_per_epoch: float
+    sec_per_epoch: float  # the median over its epochs: robust to a busy machine's spikes
     wall_seconds: float | None
     curve: list[tuple[int, float | None, float]] = field(default_factory=list)  # (epoch, kNN %, cumulative s)
 
@@ -174,7 +175,7 @@ def _read_run(cfg: TrainConfig, variant: str, wall_seconds: float | None) -> Run
         total += row["seconds"]
         curve.append((row["epoch"], None if row["knn_acc"] is None else 100 * row["knn_acc"], total))
     return RunRecord(variant, cfg.seed, cfg.epochs, str(folder), 100 * results["knn_acc"],
-                     100 * results["linear_acc"], total / len(rows), wall_seconds, curve)
+                     100 * results["linear_acc"], statistics.median(r["seconds"] for r in rows), wall_seconds, curve)
 
 
 def run_or_load(cfg: TrainConfig, variant: str) -> RunRecord:
@@ -305,6 +306,7 @@ def write_knn_plot(records: Sequence[RunRecord], path: Path, epochs: int, plan: 
             ax.plot(xs, [sum(v) / len(v) for v in ys], color=color, marker="o", ms=3,
                     label=f"{LABELS[variant]} ({len(curves)} seeds, {runs[0].epochs} ep.)")
             ax.fill_between(xs, [min(v) for v in ys], [max(v) for v in ys], color=color, alpha=0.15)
+    left.xaxis.get_major_locator().set_params(integer=True)
     left.set(xlabel="epoch", ylabel="kNN accuracy (%)", title=f"Equal epochs ({epochs})")
     right.set(xlabel="training seconds (mean over seeds)", ylabel="kNN accuracy (%)", title="Equal wall-clock time")
     for ax in (left, right):
@@ -326,6 +328,15 @@ def _equal_time_runs(records: Sequence[RunRecord], variant: str, epochs: int,
     return [r for r in records if r.variant == variant and r.epochs == plan[variant]]
 
 
+def _epoch_seconds(records: Sequence[RunRecord], variant: str) -> list[float]:
+    """Training seconds of every epoch of every run of ``variant`` (their median sets the equal-time epochs)."""
+    seconds = []
+    for r in records:
+        if r.variant == variant:
+            seconds += [b[2] - a[2] for a, b in zip([(0, None, 0.0), *r.curve], r.curve)]
+    return seconds
+
+
 # -- report -------------------------------------------------------------------------------------------------------
 def _fmt(values: Sequence[float]) -> str:
     if not values:
@@ -337,15 +348,15 @@ def _fmt(values: Sequence[float]) -> str:
 def _section(records: Sequence[RunRecord], pick: dict[str, list[RunRecord]], title: str) -> tuple[list[str], list[str],
                                                                                                     dict[str, Any]]:
     """Markdown lines, sentences and JSON of one comparison (equal epochs or equal time)."""
-    lines = [f"### {title}", "", "| variant | epochs | seeds | kNN acc. (%) | linear acc. (%) | s / epoch |",
+    lines = [f"### {title}", "", "| variant | epochs | seeds | kNN acc. (%) | linear acc. (%) | s / epoch (median) |",
              "| --- | --- | --- | --- | --- | --- |"]
     data: dict[str, Any] = {"variants": {}, "paired": []}
     for variant, runs in pick.items():
         if not runs:
             continue
-        sec = summarize([r.sec_per_epoch for r in runs])
+        sec = statistics.median(s for v in (variant,) for s in _epoch_seconds(runs, v))
         lines.append(f"| {LABELS[variant]} | {runs[0].epochs} | {len(runs)} | {_fmt([r.knn_acc for r in runs])} | "
-                     f"{_fmt([r.linear_acc for r in runs])} | {sec.mean:.2f} |")
+                     f"{_fmt([r.linear_acc for r in runs])} | {sec:.2f} |")
         data["variants"][variant] = {"epochs": runs[0].epochs, "seeds": [r.seed for r in runs],
                                      "knn_acc": [r.knn_acc for r in runs], "linear_acc": [r.linear_acc for r in runs],
                                      "sec_per_epoch": [r.sec_per_epoch for r in runs]}
@@ -400,10 +411,10 @@ def build_report(*, records: Sequence[RunRecord], epochs: int, seeds: Sequence[i
     time_sentences: list[str] = []
     if plan is not None:
         equal_time = {v: sorted(_equal_time_runs(records, v, epochs, plan), key=lambda r: r.seed) for v in variants}
-        baseline_sec = summarize([r.sec_per_epoch for r in equal_epochs.get("baseline", [])]).mean
+        baseline_sec = statistics.median(_epoch_seconds(records, "baseline"))
         plan_text = ", ".join(f"{LABELS[v]} {e}" for v, e in plan.items())
         lines += ["", f"Equal wall-clock time: each variant gets E' = max(1, round({epochs} x {baseline_sec:.2f} s / "
-                      f"its s per epoch)) epochs, a full schedule of its own: {plan_text}. Runs whose E' equals "
+                      f"its s per epoch)) epochs (medians over every epoch of the equal-epoch runs), a full schedule of its own: {plan_text}. Runs whose E' equals "
                       f"{epochs} are the equal-epoch runs themselves.", ""]
         sec_lines, time_sentences, data["equal_time"] = _section(records, equal_time, "Equal wall-clock time")
         lines += sec_lines
@@ -581,14 +592,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for variant in variants:
             do(variant, seed, args.epochs)
     if args.equal_time:
-        baseline = [r.sec_per_epoch for r in records if r.variant == "baseline"]
+        baseline = _epoch_seconds(records, "baseline")
         if baseline:
             plan = {}
             for variant in variants[1:]:
-                runs = [r.sec_per_epoch for r in records if r.variant == variant]
-                if runs:
-                    plan[variant] = equal_time_epochs(args.epochs, sum(baseline) / len(baseline),
-                                                      sum(runs) / len(runs))
+                if _epoch_seconds(records, variant):
+                    plan[variant] = equal_time_epochs(args.epochs, statistics.median(baseline),
+                                                      statistics.median(_epoch_seconds(records, variant)))
             for seed in args.seeds:
                 for variant, epochs in plan.items():
                     do(variant, seed, epochs)
