@@ -246,10 +246,10 @@ def calibrate(base: TrainConfig, n_images: int = 256, seed: int = 0) -> tuple[di
         "inputs": "kornia training views of random training images, attacked with a fresh encoder (seed "
                   f"{seed}) as in a training step",
     }
-    shown = x[torch.linspace(0, x.shape[0] - 1, 8).long()] if x.shape[0] >= 8 else x
+    # The grid: raw training crops (not views), attacked as one batch; 8 of them, spread over the batch.
     parts = idaa.decompose(x)
     raw_idaa, raw_fgsm = attack(idaa, x), attack(fgsm, x)
-    index = torch.linspace(0, x.shape[0] - 1, shown.shape[0]).long()
+    index = torch.linspace(0, x.shape[0] - 1, min(8, x.shape[0])).long()
     grid = {"x": x[index], "identity": parts.identity[index], "residual": parts.residual[index],
             "idaa": raw_idaa[index], "fgsm": raw_fgsm[index]}
     return record, {k: v.float().cpu() for k, v in grid.items()}
@@ -412,10 +412,12 @@ def build_report(*, records: Sequence[RunRecord], epochs: int, seeds: Sequence[i
     if plan is not None:
         equal_time = {v: sorted(_equal_time_runs(records, v, epochs, plan), key=lambda r: r.seed) for v in variants}
         baseline_sec = statistics.median(_epoch_seconds(records, "baseline"))
-        plan_text = ", ".join(f"{LABELS[v]} {e}" for v, e in plan.items())
+        plan_text = ", ".join(f"{LABELS[v]} {e} ({statistics.median(_epoch_seconds(equal_epochs[v], v)):.2f} s "
+                              f"per epoch)" for v, e in plan.items())
         lines += ["", f"Equal wall-clock time: each variant gets E' = max(1, round({epochs} x {baseline_sec:.2f} s / "
-                      f"its s per epoch)) epochs (medians over every epoch of the equal-epoch runs), a full schedule of its own: {plan_text}. Runs whose E' equals "
-                      f"{epochs} are the equal-epoch runs themselves.", ""]
+                      f"its s per epoch)) epochs, with the medians over every epoch of the equal-epoch runs, and a "
+                      f"full schedule of its own: {plan_text}. Runs whose E' equals {epochs} are the equal-epoch "
+                      f"runs themselves.", ""]
         sec_lines, time_sentences, data["equal_time"] = _section(records, equal_time, "Equal wall-clock time")
         lines += sec_lines
     lines += ["", "## What this does and does not show", "", _conclusion(sentences, time_sentences, seeds,
