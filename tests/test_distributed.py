@@ -90,3 +90,16 @@ def test_torchrun_two_processes(tmp_path, tiny_vae_dir):
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["world_size"] == WORLD and len(ckpt["rng"]) == WORLD
     assert not any(k.startswith("module.") for k in ckpt["model"])  # the raw model, not the DDP wrapper
+
+
+def test_bare_cuda_device_gets_an_index(monkeypatch):
+    """``--device cuda`` in a single process must name a concrete device: ``torch.cuda.set_device`` needs one."""
+    from idaa_transforms.trainers import distributed as D
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: chosen.append(torch.device(dev)))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    env = D.setup("cuda")
+    assert env.device == torch.device("cuda", 0) and chosen == [torch.device("cuda", 0)]

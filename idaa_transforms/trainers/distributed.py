@@ -50,8 +50,8 @@ def setup(device: str | None = None) -> DistEnv:
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {name!r} was asked for but CUDA is not available; use --device cpu.")
-    if dev.type == "cuda" and dev.index is None and world_size > 1:
-        dev = torch.device("cuda", local_rank)
+    if dev.type == "cuda" and dev.index is None:  # set_device needs an index
+        dev = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     owns_group = world_size > 1 and not dist.is_initialized()
