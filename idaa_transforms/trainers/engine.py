@@ -199,8 +199,10 @@ def write_grid(idaa: IDAATransform | PixelFGSM, model: nn.Module, x: Tensor, pat
     diff = (x_adv - x).abs()
     middle = [] if parts is None else [parts.identity, parts.residual * 4 + 0.5]
     rows = [x, *middle, x_adv, diff / diff.amax().clamp_min(1e-8)]
-    save_image(torch.cat([r.float().clamp(0, 1) for r in rows]).cpu(), str(path), nrow=x.shape[0], padding=1,
-               pad_value=1.0)
+    grid = torch.cat([r.float().clamp(0, 1) for r in rows]).cpu()
+    if grid.shape[-1] < 96:  # small images: enlarge (nearest) so the grid is readable in an image viewer
+        grid = torch.nn.functional.interpolate(grid, scale_factor=96 // grid.shape[-1], mode="nearest")
+    save_image(grid, str(path), nrow=x.shape[0], padding=2, pad_value=1.0)
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
