@@ -113,7 +113,7 @@ def test_pixel_fgsm_training_run_writes_a_three_row_grid(tmp_path):
                       device="cpu"))
     row = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert row["loss_adv"] is not None
-    assert Image.open(tmp_path / "idaa_grid.png").size == (8 * 33 + 1, 3 * 33 + 1)  # x, x_adv, |x_adv - x|
+    assert Image.open(tmp_path / "idaa_grid.png").size == (8 * 98 + 2, 3 * 98 + 2)  # x, x_adv, |x_adv - x|, 32 px shown at 96
 
 
 # -- end to end ---------------------------------------------------------------------------------------------------

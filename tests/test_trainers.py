@@ -182,7 +182,7 @@ def test_simclr_idaa_run_writes_everything(tmp_path):
     from PIL import Image
 
     grid = Image.open(out / "idaa_grid.png")
-    assert grid.size == (8 * 33 + 1, 5 * 33 + 1)  # 8 images x 5 rows (x, G, R, x_adv, |x_adv - x|)
+    assert grid.size == (8 * 98 + 2, 5 * 98 + 2)  # 8 images x 5 rows (x, G, R, x_adv, |x_adv - x|), 32 px shown at 96
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["metrics"] == rows
     assert any("adversarial" in k for k in ckpt["model"])  # separate adversarial BatchNorms
