@@ -60,7 +60,8 @@ def call_without_buffer_updates(module: Callable[..., Any], *args: Any, **kwargs
     """``module(*args, **kwargs)`` with BatchNorm running statistics left exactly as they were.
 
     BatchNorms in training mode still normalise with batch statistics, as they would in the caller's own forward
-    pass, but update throw-away copies of their buffers: the module's tensors are never written to.
+    pass; their running-statistics buffers are hidden for the call (a BatchNorm without them updates nothing), so
+    nothing is copied and the module's tensors are never written to.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
@@ -70,16 +71,15 @@ def call_without_buffer_updates(module: Callable[..., Any], *args: Any, **kwargs
     """
     if not isinstance(module, nn.Module):
         return module(*args, **kwargs)
-    stats = {
-        f"{name}.{buf}": getattr(m, buf).clone()
+    hidden = {
+        f"{name}.{buf}": None
         for name, m in module.named_modules()
         if isinstance(m, _BatchNorm) and m.training and m.track_running_stats
         for buf in ("running_mean", "running_var", "num_batches_tracked")
-        if getattr(m, buf, None) is not None
     }
-    if not stats:
+    if not hidden:
         return module(*args, **kwargs)
-    return torch.func.functional_call(module, stats, args, kwargs, strict=False)
+    return torch.func.functional_call(module, hidden, args, kwargs, strict=False)
 
 
 def _posterior_mean(vae: IdentityVAE, v: Tensor) -> Tensor:
