@@ -66,7 +66,8 @@ class VAEConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"VAEConfig.{name}: expected a positive int, got {value!r}.")
-        if self.num_res_blocks < 0:
+        blocks = self.num_res_blocks
+        if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 0:
             raise ValueError(f"VAEConfig.num_res_blocks: expected an int >= 0, got {self.num_res_blocks!r}.")
         factor = 2**self.num_downsamplings
         if self.image_size % factor:

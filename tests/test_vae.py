@@ -34,6 +34,8 @@ def count_bn(module: nn.Module) -> int:
         (dict(width=16.0), r"width: expected a positive int, got 16.0"),
         (dict(in_channels=True), r"in_channels: expected a positive int, got True"),
         (dict(num_res_blocks=-1), r"num_res_blocks: expected an int >= 0, got -1"),
+        (dict(num_res_blocks=1.5), r"num_res_blocks: expected an int >= 0, got 1.5"),
+        (dict(num_res_blocks="2"), r"num_res_blocks: expected an int >= 0, got '2'"),
     ],
 )
 def test_config_validation(options, message):
