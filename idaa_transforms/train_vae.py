@@ -220,6 +220,12 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
     std = torch.tensor(config.input_std, device=device).view(1, -1, 1, 1)
     command = command or "python -m idaa_transforms.train_vae " + shlex.join(sys.argv[1:])
     metrics_path = out / "metrics.jsonl"
+    # A fresh run starts the file anew; a resumed one drops the epochs after its checkpoint, which it runs again.
+    kept = []
+    if start_epoch and metrics_path.is_file():
+        kept = [line for line in metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line)["epoch"] <= start_epoch]
+    metrics_path.write_text("".join(line + "\n" for line in kept))
     for epoch in range(start_epoch, args.epochs):
         vae.train()
         started = time.perf_counter()

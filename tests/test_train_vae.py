@@ -64,6 +64,20 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     assert losses[0] == losses[1]
 
 
+def test_metrics_hold_each_epoch_once(tmp_path):
+    out = tmp_path / "vae"
+    main([*TINY, "--epochs", "1", "--out", str(out)])
+    main([*TINY, "--epochs", "1", "--out", str(out)])  # a fresh run into the same folder starts a new file
+    epochs = lambda: [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert epochs() == [1]
+    # A run that logged epoch 2 but died before saving it: the resumed run logs epoch 2 again, once.
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"epoch": 2, "loss": 0.0}) + "\n")
+    main([*TINY, "--epochs", "2", "--out", str(out), "--resume"])
+    assert epochs() == [1, 2]
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[1])["loss"] != 0.0
+
+
 def test_resume_without_state_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="trainer_state.pt does not exist"):
         main([*TINY, "--epochs", "1", "--out", str(tmp_path), "--resume"])
