@@ -216,6 +216,8 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, seconds = state["epoch"], state["seconds"]
         torch.set_rng_state(state["rng"].cpu())
+        if device.type == "cuda" and "cuda_rng" in state:  # the flips are drawn on the device
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
     mean = torch.tensor(config.input_mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(config.input_std, device=device).view(1, -1, 1, 1)
     command = command or "python -m idaa_transforms.train_vae " + shlex.join(sys.argv[1:])
@@ -259,7 +261,9 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
         if last or (epoch + 1) % args.save_every == 0:
             torch.save({"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "seconds": seconds,
-                        "rng": torch.get_rng_state()}, state_path)
+                        "rng": torch.get_rng_state(),
+                        **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})},
+                       state_path)
     vae.eval()
     held = reconstruction_metrics(vae, held_images)
     card = _model_card(args, config, about, args.epochs, held, baseline_metrics(held_images.float()), command, seconds)
