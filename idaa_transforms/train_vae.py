@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from idaa_transforms.data import EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS, batches, make_dataset, photo_crops
+from idaa_transforms.trainers.cli import _Formatter
 from idaa_transforms.vae import IdentityVAE, VAEConfig, vae_loss
 
 __all__ = ["build_parser", "train_vae", "reconstruction_metrics", "baseline_metrics", "main"]
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="idaa-train-vae",
         description="Train the identity VAE of IDAA (MSE + KL) and save it as a Hub-layout checkpoint folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100", "stl10", "imagefolder", "photos"],
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--kl-weight", type=float, default=0.1)
     run = parser.add_argument_group("run")
     run.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                     help="cuda, cpu, cuda:1... (default: cuda if available)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--workers", type=int, default=4, help="DataLoader workers for on-disk datasets")
     run.add_argument("--out", default="runs/vae", help="output folder (a Hub-layout checkpoint)")

@@ -110,6 +110,24 @@ def test_cli_help_and_errors(capsys):
     assert "epochs: expected a positive int" in capsys.readouterr().err
 
 
+def test_help_shows_each_default_once():
+    import re
+
+    from idaa_transforms.experiments.compare import build_parser as compare_parser
+    from idaa_transforms.train_vae import build_parser as vae_parser
+
+    def flat(parser):
+        return re.sub(r"\s+", " ", parser.format_help())
+
+    trainer, compare, vae = flat(build_parser()), flat(compare_parser()), flat(vae_parser())
+    assert "--epochs EPOCHS default: 200" in trainer and "--lr LR default: 0.0003" in trainer
+    assert "--epochs EPOCHS default: 10" in compare and "--seeds SEEDS [SEEDS ...] default: [0, 1, 2, 3, 4]" in compare
+    assert "--epochs EPOCHS default: 300" in vae
+    for text in (trainer, compare, vae):
+        assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text
+        assert not re.search(r"default: [^()]*\) \(default:", text)
+
+
 @pytest.mark.parametrize("bad, match", [(dict(method="moco"), "method: expected one of"),
                                         (dict(batch_size=0), "batch_size: expected a positive int"),
                                         (dict(eps=-1.0), "eps: expected a number >= 0"),

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import copy
 from collections.abc import Sequence
 
 from idaa_transforms.data import DATASETS
@@ -97,6 +98,13 @@ def build_parser(method: str = "simclr", prog: str | None = None) -> argparse.Ar
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Shows ``(default: ...)`` for options that take a value and have a default not already described."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and action.option_strings and action.default not in (None, argparse.SUPPRESS) \
+                and action.nargs != 0:  # argparse prints no help line at all for an option without help
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
