@@ -132,7 +132,8 @@ class IDAATransform(nn.Module):
         steps: gradient-ascent steps; 1 is the paper's FGSM step.
         step_size: size of each step; default ``eps`` for one step, ``2.5 * eps / steps`` otherwise.
         norm: ``"linf"`` (signed gradient, the paper's) or ``"l2"`` (normalised gradient).
-        random_start: start from a uniform random point in the ball instead of its centre.
+        random_start: start from a random point in the ball instead of its centre: uniform in the L-inf ball; for
+            ``"l2"``, a uniform direction at a radius uniform in ``[0, eps]``.
         p: probability that a sample is augmented; the others are returned unchanged and cost nothing.
         mean, std: the normalisation the caller applied before the transform (per channel, pixel units);
             ``None`` means inputs are plain [0, 1] pixels.
