@@ -119,6 +119,20 @@ def encoder_loss(
     return nt_xent(anchor, embedding, temperature)
 
 
+def loss_gradient(value: Tensor, wrt: Tensor) -> Tensor:
+    """``d value / d wrt`` for a scalar loss, or a clear error when the loss is not a scalar or does not depend on it."""
+    if not isinstance(value, Tensor) or value.ndim != 0:
+        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"loss_fn: expected a scalar tensor (reduce it, e.g. with .mean()), got {got}.")
+    grad = torch.autograd.grad(value, wrt, allow_unused=True)[0] if value.requires_grad else None
+    if grad is None:
+        raise ValueError(
+            "loss_fn: the loss has no gradient path to x_adv; compute it from x_adv without detaching, "
+            "and do not call the transform's loss under torch.no_grad() inside loss_fn."
+        )
+    return grad
+
+
 class IDAATransform(nn.Module):
     r"""Identity-disentangled adversarial augmentation (Yang et al., ICML 2022) for batches on any device.
 
@@ -140,7 +154,8 @@ class IDAATransform(nn.Module):
         clamp: clip the output to the valid pixel range ([0, 1] pixels, mapped through ``mean``/``std``).
         temperature: NT-Xent temperature of the built-in loss.
         use_adversarial_bn: run the attack's encoder passes inside :func:`~idaa_transforms.adversarial_bn`, for
-            encoders converted with :func:`~idaa_transforms.convert_to_dual_bn`.
+            encoders converted with :func:`~idaa_transforms.convert_to_dual_bn`; without ``anchor=`` this includes
+            the built-in loss's pass on ``x`` (as in the original ResNet-18 code).
         check_finite: reject NaN/Inf inputs. ``None`` checks CPU tensors only, since on an accelerator the check
             forces a host-device synchronisation.
         generator: a ``torch.Generator`` on the CPU, or an int seed, for the sample selection and random start.
@@ -308,6 +323,8 @@ class IDAATransform(nn.Module):
         if anchor is not None and (not isinstance(anchor, Tensor) or anchor.ndim < 1 or anchor.shape[0] != x.shape[0]):
             shape = tuple(anchor.shape) if isinstance(anchor, Tensor) else type(anchor).__name__
             raise ValueError(f"anchor: expected encoder(x), a tensor with {x.shape[0]} rows, got {shape}.")
+        if anchor is not None and anchor.device != x.device:
+            raise ValueError(f"anchor: expected a tensor on {x.device} like the input, got one on {anchor.device}.")
         if x.shape[0] == 0:
             return x.detach()
 
@@ -340,7 +357,7 @@ class IDAATransform(nn.Module):
                 if step > 0:
                     g = self._decode(z, x)
                 value = loss(x, g.to(x.dtype) + residual, anchor)
-                grad = self._grad(value, z)
+                grad = loss_gradient(value, z)
                 with torch.no_grad():
                     z = self._ascend(z, grad, mu)
                 z = z.detach().requires_grad_(step < self.steps - 1)
@@ -385,18 +402,6 @@ class IDAATransform(nn.Module):
         if g.shape[-2:] != like.shape[-2:]:
             g = F.interpolate(g, size=like.shape[-2:], mode="bilinear", align_corners=False)
         return (g - self._shift) / self._scale
-
-    def _grad(self, value: Tensor, z: Tensor) -> Tensor:
-        if not isinstance(value, Tensor) or value.ndim != 0:
-            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise ValueError(f"loss_fn: expected a scalar tensor (reduce it, e.g. with .mean()), got {got}.")
-        grad = torch.autograd.grad(value, z, allow_unused=True)[0] if value.requires_grad else None
-        if grad is None:
-            raise ValueError(
-                "loss_fn: the loss has no gradient path to x_adv; compute it from x_adv without detaching, "
-                "and do not call the transform's loss under torch.no_grad() inside loss_fn."
-            )
-        return grad
 
     def _resolve_loss(self, loss_fn: LossFn | None) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
         user_loss = loss_fn if loss_fn is not None else self.loss_fn

@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+import torch
 
 from idaa_transforms.data import EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS
 from idaa_transforms.experiments import compare
@@ -146,3 +147,11 @@ def test_compare_end_to_end(tmp_path):
 
     assert stable(again["runs"]) == stable(data["runs"])
     assert time.perf_counter() - tic < 60
+
+
+def test_pixel_fgsm_loss_without_gradient_path_is_a_clear_error():
+    from idaa_transforms.experiments.pixel_fgsm import PixelFGSM
+
+    fgsm = PixelFGSM(loss_fn=lambda x, x_adv: x_adv.detach().sum(), eps=0.01)
+    with pytest.raises(ValueError, match="no gradient path to x_adv"):
+        fgsm(torch.rand(2, 3, 8, 8))

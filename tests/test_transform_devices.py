@@ -52,3 +52,9 @@ def test_autocast_and_partial_batch_on_device(device):
     assert out.dtype == torch.float32
     changed = (out - x).flatten(1).abs().amax(dim=1) > 0
     assert 0 < int(changed.sum()) < 16  # some samples augmented, the rest returned bit for bit
+
+
+def test_anchor_on_another_device_is_a_clear_error():
+    idaa = IDAATransform(make_vae(), encoder=make_encoder())
+    with pytest.raises(ValueError, match="anchor: expected a tensor on cpu"):
+        idaa(batch(), anchor=torch.zeros(8, 16, device="meta"))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from idaa_transforms.transform import LossFn, encoder_loss
+from idaa_transforms.transform import LossFn, encoder_loss, loss_gradient
 
 __all__ = ["PixelFGSM", "matched_pixel_eps"]
 
@@ -57,7 +57,7 @@ class PixelFGSM(nn.Module):
                 value = user_loss(x, x_adv)
             else:
                 value = encoder_loss(self.encoder, x, x_adv, anchor, self.temperature, self.use_adversarial_bn)
-            (grad,) = torch.autograd.grad(value, x_adv)
+            grad = loss_gradient(value, x_adv)
         return (x + self.eps * grad.sign()).detach()
 
     def extra_repr(self) -> str:
