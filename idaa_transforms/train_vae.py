@@ -38,6 +38,13 @@ from idaa_transforms.vae import IdentityVAE, VAEConfig, vae_loss
 __all__ = ["build_parser", "train_vae", "reconstruction_metrics", "baseline_metrics", "main"]
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="idaa-train-vae",
@@ -49,16 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="torchvision datasets are downloaded to --data-dir; 'photos' is the offline corpus")
     data.add_argument("--data-dir", default="data", help="dataset root (imagefolder: <dir>/train/<class>/*.png)")
     data.add_argument("--no-download", action="store_true", help="never download; fail if the data is missing")
-    data.add_argument("--crops-per-photo", type=int, default=2048, help="'photos': training crops per photograph")
-    data.add_argument("--held-out-crops", type=int, default=256, help="'photos': held-out crops per photograph")
+    data.add_argument("--crops-per-photo", type=_positive_int, default=2048, help="'photos': training crops per photograph")
+    data.add_argument("--held-out-crops", type=_positive_int, default=256, help="'photos': held-out crops per photograph")
     model = parser.add_argument_group("model")
-    model.add_argument("--image-size", type=int, default=32)
-    model.add_argument("--width", type=int, default=128, help="bottleneck channels")
-    model.add_argument("--latent-dim", type=int, default=512)
-    model.add_argument("--num-downsamplings", type=int, default=2)
+    model.add_argument("--image-size", type=_positive_int, default=32)
+    model.add_argument("--width", type=_positive_int, default=128, help="bottleneck channels")
+    model.add_argument("--latent-dim", type=_positive_int, default=512)
+    model.add_argument("--num-downsamplings", type=_positive_int, default=2)
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, default=300)
-    optim.add_argument("--batch-size", type=int, default=128)
+    optim.add_argument("--epochs", type=_positive_int, default=300)
+    optim.add_argument("--batch-size", type=_positive_int, default=128)
     optim.add_argument("--lr", type=float, default=5e-4)
     optim.add_argument("--weight-decay", type=float, default=1e-2)
     optim.add_argument("--kl-weight", type=float, default=0.1)
@@ -70,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=4, help="DataLoader workers for on-disk datasets")
     run.add_argument("--out", default="runs/vae", help="output folder (a Hub-layout checkpoint)")
     run.add_argument("--resume", action="store_true", help="continue from <out>/trainer_state.pt")
-    run.add_argument("--save-every", type=int, default=10, help="epochs between checkpoints")
+    run.add_argument("--save-every", type=_positive_int, default=10, help="epochs between checkpoints")
     run.add_argument("--no-progress", action="store_true", help="disable progress bars")
     return parser
 

@@ -107,3 +107,9 @@ def test_reconstruction_metrics_of_a_perfect_and_a_flat_model():
     assert baseline_metrics(flat)["per_image_mean_colour"] > 100  # exact up to float rounding
     noise_mse = ((images - images.mean(dim=(2, 3), keepdim=True)) ** 2).mean().item()
     assert math.isclose(scores["per_image_mean_colour"], 10 * math.log10(1 / noise_mse), rel_tol=1e-4)
+
+
+def test_non_positive_sizes_are_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        main([*TINY, "--epochs", "0", "--out", "unused"])
+    assert "--epochs: expected a positive integer, got 0" in capsys.readouterr().err
