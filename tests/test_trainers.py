@@ -246,3 +246,12 @@ def test_resume_continues_exactly(tmp_path, tiny_vae):
     # Resuming with different settings is refused.
     with pytest.raises(ValueError, match="different settings"):
         train(TrainConfig(**{**cfg, "eps": 0.2}, out=str(tmp_path / "split"), resume=True))
+
+
+def test_delayed_scalar_reads_what_was_sent():
+    from idaa_transforms.trainers.engine import _DelayedScalar
+
+    reader = _DelayedScalar(torch.device("cpu"))
+    assert reader.read() is None  # nothing sent yet
+    reader.send(torch.tensor(6.0), 3)
+    assert reader.read() == (6.0, 3)

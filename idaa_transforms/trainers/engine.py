@@ -205,6 +205,29 @@ def write_grid(idaa: IDAATransform | PixelFGSM, model: nn.Module, x: Tensor, pat
     save_image(grid, str(path), nrow=x.shape[0], padding=2, pad_value=1.0)
 
 
+class _DelayedScalar:
+    """Hands a device scalar to the host without synchronising: a non-blocking copy into pinned memory now, read
+    later, once a CUDA event says the copy has landed (on the CPU the copy is immediate)."""
+
+    def __init__(self, device: torch.device) -> None:
+        cuda = device.type == "cuda"
+        self._host = torch.zeros((), pin_memory=cuda)
+        self._event = torch.cuda.Event() if cuda else None
+        self._count: int | None = None
+
+    def send(self, value: Tensor, count: int) -> None:
+        self._host.copy_(value.detach(), non_blocking=True)
+        if self._event is not None:
+            self._event.record()
+        self._count = count
+
+    def read(self) -> tuple[float, int] | None:
+        """``(value, count)`` of the last send, or ``None`` if nothing has arrived yet."""
+        if self._count is None or (self._event is not None and not self._event.query()):
+            return None
+        return float(self._host), self._count
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train ``cfg.method`` on ``cfg.dataset``; returns the results (also written to ``<out>/results.json``).
 
@@ -288,6 +311,7 @@ def _train(cfg: TrainConfig, env: D.DistEnv) -> dict[str, Any]:
         model.train()
         batches = D.shard_indices(n, cfg.batch_size, cfg.seed, epoch, env.rank, env.world_size)
         sums = torch.zeros(3, device=device)
+        running_loss = _DelayedScalar(device)
         bar = tqdm(total=steps_per_epoch * cfg.batch_size, unit="img", unit_scale=True, leave=False,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=cfg.no_progress or not env.is_main)
         if device.type == "cuda":
@@ -315,7 +339,10 @@ def _train(cfg: TrainConfig, env: D.DistEnv) -> dict[str, Any]:
             sums += torch.stack([loss.detach(), loss_clean.detach(), loss_adv.detach()]).float()
             bar.update(cfg.batch_size)
             if step % 10 == 9 and not bar.disable:
-                bar.set_postfix(loss=f"{float(sums[0]) / (step + 1):.4f}", refresh=False)
+                shown = running_loss.read()  # the value sent 10 steps ago: no wait on the device
+                if shown is not None:
+                    bar.set_postfix(loss=f"{shown[0] / shown[1]:.4f}", refresh=False)
+                running_loss.send(sums[0], step + 1)
         bar.close()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
