@@ -195,6 +195,11 @@ def run_or_load(cfg: TrainConfig, variant: str) -> RunRecord:
     return _read_run(cfg, variant, time.perf_counter() - tic)
 
 
+#: Settings the matched pixel eps depends on; a saved calibration is reused only if they are unchanged.
+_CALIBRATION_SETTINGS = ("method", "dataset", "crops_per_photo", "image_size", "arch", "vae", "eps", "attack_steps",
+                         "temperature", "dual_bn", "proj_hidden", "proj_dim")
+
+
 # -- calibration and the views grid -------------------------------------------------------------------------------
 @torch.no_grad()
 def calibrate(base: TrainConfig, n_images: int = 256, seed: int = 0) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -547,10 +552,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     calibration_path = out / "calibration.json"
     calibration: dict[str, Any]
+    made_with = {k: getattr(base, k) for k in _CALIBRATION_SETTINGS} | {"images": args.calibration_images}
     if calibration_path.is_file():
         calibration = json.loads(calibration_path.read_text())
+        if calibration.get("settings") != made_with:
+            raise ValueError(
+                f"{calibration_path} was made with other settings ({calibration.get('settings')}, now {made_with}); "
+                "use another --out, or delete the file to calibrate again."
+            )
     else:
         calibration, grid = calibrate(base, args.calibration_images)
+        calibration["settings"] = made_with
         calibration_path.write_text(json.dumps(calibration, indent=2) + "\n")
         write_views_grid(grid, report_dir / "views_grid.png", calibration["pixel_eps"])
     if not (report_dir / "views_grid.png").is_file():
