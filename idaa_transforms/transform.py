@@ -307,7 +307,7 @@ class IDAATransform(nn.Module):
         mu = self._encode(x)
         identity = self._decode(mu, x)
         parts = Decomposition(identity, x - identity, mu)
-        return Decomposition(*(t.squeeze(0) for t in parts[:2]), mu) if unbatched else parts
+        return Decomposition(*(t.squeeze(0) for t in parts)) if unbatched else parts
 
     def forward(self, x: Tensor, loss_fn: LossFn | None = None, anchor: Tensor | None = None) -> Tensor:
         """Return the adversarial views of ``x``.

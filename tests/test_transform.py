@@ -152,6 +152,7 @@ def test_single_image_input(make_idaa, eval_encoder, x):
     torch.testing.assert_close(out, idaa(x[:1])[0])
     parts = idaa.decompose(x[0])
     assert parts.identity.shape == parts.residual.shape == (3, 32, 32)
+    assert parts.latent.shape == (idaa.vae.config.latent_dim,)  # unbatched in, unbatched out, latent included
     torch.testing.assert_close(parts.identity + parts.residual, x[0], atol=1e-6, rtol=0)
 
 
