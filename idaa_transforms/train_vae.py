@@ -220,6 +220,10 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
         if not state_path.is_file():
             raise FileNotFoundError(f"--resume: {state_path} does not exist; train without --resume first.")
         state = torch.load(state_path, map_location=device, weights_only=True)
+        saved = state.get("config", config.to_dict())
+        if saved != config.to_dict():
+            changed = {k: (saved.get(k), v) for k, v in config.to_dict().items() if saved.get(k) != v}
+            raise ValueError(f"--resume: {state_path} holds a VAE with other settings (name: (saved, now)): {changed}.")
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -268,7 +272,7 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
             tqdm.write(f"epoch {epoch + 1}: loss {record['loss']:.4f}  held-out PSNR {held['psnr']:.2f} dB")
         last = epoch + 1 == args.epochs
         if last or (epoch + 1) % args.save_every == 0:
-            torch.save({"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
+            torch.save({"model": vae.state_dict(), "config": config.to_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "seconds": seconds,
                         "rng": torch.get_rng_state(),
                         **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})},

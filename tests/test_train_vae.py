@@ -113,3 +113,11 @@ def test_non_positive_sizes_are_rejected_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         main([*TINY, "--epochs", "0", "--out", "unused"])
     assert "--epochs: expected a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_resume_with_another_architecture_is_a_clear_error(tmp_path):
+    main([*TINY, "--epochs", "1", "--out", str(tmp_path)])
+    wider = list(TINY)
+    wider[wider.index("--width") + 1] = "32"
+    with pytest.raises(ValueError, match=r"holds a VAE with other settings.*'width': \(16, 32\)"):
+        main([*wider, "--epochs", "2", "--out", str(tmp_path), "--resume"])
