@@ -80,6 +80,9 @@ class BYOL(nn.Module):
         backbone, feature_dim: the encoder and the size of its features.
         hidden_dim, proj_dim: projection head and predictor sizes.
         momentum: base EMA momentum of the target, raised to 1 along a cosine over training.
+
+    The moving average covers the target's parameters; its BatchNorm running statistics follow its own forward
+    passes (in training mode the target normalises with batch statistics, as in the reference BYOL code).
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, hidden_dim: int = 512, proj_dim: int = 64,
