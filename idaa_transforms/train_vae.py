@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from idaa_transforms._rng import rng_state, set_rng_state
 from idaa_transforms.data import EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS, batches, make_dataset, photo_crops
 from idaa_transforms.trainers.cli import _Formatter
 from idaa_transforms.vae import IdentityVAE, VAEConfig, vae_loss
@@ -228,9 +229,7 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, seconds = state["epoch"], state["seconds"]
-        torch.set_rng_state(state["rng"].cpu())
-        if device.type == "cuda" and "cuda_rng" in state:  # the flips are drawn on the device
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+        set_rng_state(state["rng"], device)  # the flips are drawn on the device
     mean = torch.tensor(config.input_mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(config.input_std, device=device).view(1, -1, 1, 1)
     command = command or "python -m idaa_transforms.train_vae " + shlex.join(sys.argv[1:])
@@ -274,8 +273,7 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
         if last or (epoch + 1) % args.save_every == 0:
             torch.save({"model": vae.state_dict(), "config": config.to_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "seconds": seconds,
-                        "rng": torch.get_rng_state(),
-                        **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})},
+                        "rng": rng_state(device)},
                        state_path)
     vae.eval()
     held = reconstruction_metrics(vae, held_images)

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from idaa_transforms._rng import rng_state, set_rng_state
 from idaa_transforms.bn import adversarial_bn, convert_to_dual_bn
 from idaa_transforms.data import DATASETS, make_dataset
 from idaa_transforms.experiments.pixel_fgsm import PixelFGSM
@@ -165,19 +166,6 @@ def _schedule(cfg: TrainConfig, steps_per_epoch: int):
     return factor
 
 
-def _rng_state(device: torch.device) -> dict[str, Tensor]:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -296,7 +284,7 @@ def _train(cfg: TrainConfig, env: D.DistEnv) -> dict[str, Any]:
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, metrics = ckpt["epoch"], ckpt["metrics"]
         if ckpt["world_size"] == env.world_size:
-            _set_rng_state(ckpt["rng"][env.rank], device)
+            set_rng_state(ckpt["rng"][env.rank], device)
         elif env.is_main:
             print(f"resume: the checkpoint was written by {ckpt['world_size']} processes, this run has "
                   f"{env.world_size}; random streams restart.", file=sys.stderr)
@@ -400,10 +388,10 @@ def _knn(cfg: TrainConfig, backbone: nn.Module, train_x: Tensor, train_y: Tensor
 
 def _save(cfg: TrainConfig, env: D.DistEnv, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
           scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, metrics: list[dict[str, Any]]) -> None:
-    rng = [_rng_state(env.device)]
+    rng = [rng_state(env.device)]
     if env.distributed:
         rng = [None] * env.world_size
-        dist.all_gather_object(rng, {k: v.cpu() for k, v in _rng_state(env.device).items()})
+        dist.all_gather_object(rng, {k: v.cpu() for k, v in rng_state(env.device).items()})
     if env.is_main:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng, "metrics": metrics,
