@@ -165,11 +165,11 @@ def make_dataset(
     raise ValueError(f"make_dataset: unknown dataset {name!r}; expected one of {DATASETS}.")
 
 
-def dataset_to_tensors(dataset: Dataset, batch_size: int = 512) -> tuple[Tensor, Tensor]:
+def dataset_to_tensors(dataset: Dataset, batch_size: int = 512, num_workers: int = 0) -> tuple[Tensor, Tensor]:
     """Materialise a (small) dataset of ``(image, label)`` pairs as two tensors, for fast in-memory training."""
     if isinstance(dataset, TensorDataset):
         return dataset.tensors[0], dataset.tensors[1]
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     xs, ys = zip(*loader)
     return torch.cat(xs), torch.cat([torch.as_tensor(y) for y in ys])
 

@@ -32,7 +32,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from idaa_transforms._rng import rng_state, set_rng_state
-from idaa_transforms.data import EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS, batches, make_dataset, photo_crops
+from idaa_transforms.data import (EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS, batches, dataset_to_tensors, make_dataset,
+                                  photo_crops)
 from idaa_transforms.trainers.cli import _Formatter
 from idaa_transforms.vae import IdentityVAE, VAEConfig, vae_loss
 
@@ -102,20 +103,30 @@ def _datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset, str]:
     return train, held_out, about
 
 
+def _normalisation(config: VAEConfig, device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """The VAE's input normalisation as ``(1, C, 1, 1)`` mean and std tensors."""
+    mean = torch.tensor(config.input_mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(config.input_std, device=device).view(1, -1, 1, 1)
+    return mean, std
+
+
 @torch.no_grad()
+def _identity_pixels(vae: IdentityVAE, x: Tensor) -> Tensor:
+    """``G(x)`` of [0, 1] images, in [0, 1] pixel space, from the posterior mean."""
+    mean, std = _normalisation(vae.config, x.device)
+    return (vae.decode(vae.encode((x - mean) / std).mu) * std + mean).float()
+
+
 def reconstruction_metrics(vae: IdentityVAE, images: Tensor, batch_size: int = 512) -> dict[str, float]:
     """Pixel-space MSE and PSNR (dB, [0, 1] images) of ``G(x)`` over ``images`` in [0, 1]."""
-    mean = torch.tensor(vae.config.input_mean, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(vae.config.input_std, device=images.device).view(1, -1, 1, 1)
     was_training = vae.training
     vae.eval()
-    total = 0.0
+    total = torch.zeros((), device=images.device)
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size]
-        recon = vae.decode(vae.encode((x - mean) / std).mu) * std + mean
-        total += F.mse_loss(recon.float(), x.float(), reduction="sum").item()
+        total += F.mse_loss(_identity_pixels(vae, x), x.float(), reduction="sum")
     vae.train(was_training)
-    mse = total / images.numel()
+    mse = total.item() / images.numel()
     return {"mse": mse, "psnr": 10 * math.log10(1 / max(mse, 1e-12))}
 
 
@@ -147,11 +158,8 @@ def save_reconstruction_grid(vae: IdentityVAE, images: Tensor, path: Path, count
     """PNG with rows x, G(x), R(x) (amplified 4x around grey)."""
     from torchvision.utils import save_image
 
-    mean = torch.tensor(vae.config.input_mean, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(vae.config.input_std, device=images.device).view(1, -1, 1, 1)
     x = images[:count]
-    with torch.no_grad():
-        g = (vae.eval().decode(vae.encode((x - mean) / std).mu) * std + mean).float()
+    g = _identity_pixels(vae.eval(), x)
     residual = (4 * (x - g) + 0.5).clamp(0, 1)
     save_image(torch.cat([x, g.clamp(0, 1), residual]), path, nrow=x.shape[0], padding=1)
 
@@ -207,8 +215,6 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     train_set, held_set, about = _datasets(args)
-    from idaa_transforms.data import dataset_to_tensors
-
     held_images = dataset_to_tensors(held_set)[0][:2048].to(device)
     config = VAEConfig(image_size=args.image_size, width=args.width, latent_dim=args.latent_dim,
                        num_downsamplings=args.num_downsamplings)
@@ -230,8 +236,7 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, seconds = state["epoch"], state["seconds"]
         set_rng_state(state["rng"], device)  # the flips are drawn on the device
-    mean = torch.tensor(config.input_mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(config.input_std, device=device).view(1, -1, 1, 1)
+    mean, std = _normalisation(config, device)
     command = command or "python -m idaa_transforms.train_vae " + shlex.join(sys.argv[1:])
     metrics_path = out / "metrics.jsonl"
     # A fresh run starts the file anew; a resumed one drops the epochs after its checkpoint, which it runs again.

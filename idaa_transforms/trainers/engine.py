@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from idaa_transforms._rng import rng_state, set_rng_state
 from idaa_transforms.bn import adversarial_bn, convert_to_dual_bn
-from idaa_transforms.data import DATASETS, make_dataset
+from idaa_transforms.data import DATASETS, dataset_to_tensors, make_dataset
 from idaa_transforms.experiments.pixel_fgsm import PixelFGSM
 from idaa_transforms.trainers import distributed as D
 from idaa_transforms.trainers.augment import simclr_views
@@ -134,11 +134,7 @@ def load_split(cfg: TrainConfig, train: bool) -> tuple[Tensor, Tensor]:
                       crops_per_photo=cfg.crops_per_photo, seed=cfg.seed if cfg.dataset != "photos" else 0)
     if cfg.dataset in ("cifar10", "cifar100"):
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets)
-    if isinstance(ds, torch.utils.data.TensorDataset):
-        return ds.tensors[0], ds.tensors[1]
-    loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=cfg.workers)
-    xs, ys = zip(*loader)
-    return torch.cat(xs), torch.cat([torch.as_tensor(y) for y in ys])
+    return dataset_to_tensors(ds, batch_size=256, num_workers=cfg.workers)
 
 
 def _to_float(x: Tensor) -> Tensor:
