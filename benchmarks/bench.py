@@ -51,13 +51,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from idaa_transforms import IDAATransform, IdentityVAE, VAEConfig, adversarial_bn, convert_to_dual_bn, nt_xent
+from idaa_transforms.trainers.augment import simclr_views
 
 __all__ = [
     "BenchConfig",
     "Workloads",
     "build_encoder",
     "build_vae",
-    "build_views",
     "build_workloads",
     "time_workloads",
     "run_config",
@@ -168,18 +168,6 @@ def build_encoder(arch: str, image_size: int, projection_dim: int = 128) -> nn.M
     return convert_to_dual_bn(nn.Sequential(backbone, head)).train()
 
 
-def build_views(image_size: int) -> nn.Module:
-    """The SimCLR augmentation pipeline in kornia (one call gives one view of a batch)."""
-    import kornia.augmentation as K
-
-    return K.AugmentationSequential(
-        K.RandomResizedCrop((image_size, image_size), scale=(0.08, 1.0)),
-        K.RandomHorizontalFlip(),
-        K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
-        K.RandomGrayscale(p=0.2),
-    )
-
-
 # -- workloads -----------------------------------------------------------------------------------------------------------
 @dataclass
 class Workloads:
@@ -204,7 +192,7 @@ def build_workloads(cfg: BenchConfig) -> Workloads:
     torch.manual_seed(cfg.seed)
     vae = build_vae(cfg.vae, cfg.image_size, device)
     encoder = build_encoder(cfg.arch, cfg.image_size).to(device)
-    views = build_views(cfg.image_size).to(device)
+    views = simclr_views(cfg.image_size, min_scale=0.08).to(device)  # the trainers' views, ImageNet-style crops
     optimizer = torch.optim.SGD(encoder.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     idaa = IDAATransform(vae, encoder=encoder, eps=cfg.eps, use_adversarial_bn=True).to(device)
     x = torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
