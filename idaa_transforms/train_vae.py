@@ -31,10 +31,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from idaa_transforms._cli import HelpFormatter
 from idaa_transforms._rng import rng_state, set_rng_state
 from idaa_transforms.data import (EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS, batches, dataset_to_tensors, make_dataset,
                                   photo_crops)
-from idaa_transforms.trainers.cli import _Formatter
 from idaa_transforms.vae import IdentityVAE, VAEConfig, vae_loss
 
 __all__ = ["build_parser", "train_vae", "reconstruction_metrics", "baseline_metrics", "main"]
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="idaa-train-vae",
         description="Train the identity VAE of IDAA (MSE + KL) and save it as a Hub-layout checkpoint folder.",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100", "stl10", "imagefolder", "photos"],

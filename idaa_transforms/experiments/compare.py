@@ -46,10 +46,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from idaa_transforms._cli import HelpFormatter
 from idaa_transforms.data import DATASETS, EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS
 from idaa_transforms.experiments.pixel_fgsm import PixelFGSM, matched_pixel_eps
 from idaa_transforms.experiments.stats import PairedComparison, paired_comparison, summarize
-from idaa_transforms.trainers.cli import _Formatter
 from idaa_transforms.trainers.engine import METRICS, RESULTS, TrainConfig, load_split, train
 from idaa_transforms.trainers.methods import METHODS
 from idaa_transforms.trainers.models import ARCHS
@@ -485,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line; trainer options not listed keep :class:`TrainConfig`'s defaults."""
     p = argparse.ArgumentParser(prog="python -m idaa_transforms.experiments.compare",
                                 description=__doc__.split("\n\n")[0],
-                                formatter_class=_Formatter)
+                                formatter_class=HelpFormatter)
     g = p.add_argument_group("comparison")
     g.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     g.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,

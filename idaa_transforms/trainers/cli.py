@@ -9,9 +9,9 @@ Example:
 from __future__ import annotations
 
 import argparse
-import copy
 from collections.abc import Sequence
 
+from idaa_transforms._cli import HelpFormatter
 from idaa_transforms.data import DATASETS
 from idaa_transforms.trainers.engine import TrainConfig, train
 from idaa_transforms.trainers.methods import METHODS
@@ -39,7 +39,7 @@ def build_parser(method: str = "simclr", prog: str | None = None) -> argparse.Ar
         prog=prog,
         description="Self-supervised training (SimCLR or BYOL) with and without IDAA, identity-disentangled "
                     "adversarial augmentation (Yang et al., ICML 2022). Views are made on the device with kornia.",
-        epilog=_EPILOG, formatter_class=lambda prog: _Formatter(prog, max_help_position=32))
+        epilog=_EPILOG, formatter_class=HelpFormatter)
     d = TrainConfig()
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=d.dataset, choices=DATASETS,
@@ -94,23 +94,6 @@ def build_parser(method: str = "simclr", prog: str | None = None) -> argparse.Ar
     g.add_argument("--workers", type=int, default=d.workers, help="loader workers for on-disk datasets")
     g.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
     return p
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Shows ``(default: ...)`` for options that take a value and have a default not already described."""
-
-    def _format_action(self, action: argparse.Action) -> str:
-        if action.help is None and action.option_strings and action.default not in (None, argparse.SUPPRESS) \
-                and action.nargs != 0:  # argparse prints no help line at all for an option without help
-            action = copy.copy(action)
-            action.help = "default: %(default)s"
-        return super()._format_action(action)
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.default not in (None, argparse.SUPPRESS) and action.nargs != 0 and "default" not in text:
-            text += " (default: %(default)s)" if text else "default: %(default)s"
-        return text
 
 
 def parse_args(argv: Sequence[str] | None = None, method: str = "simclr") -> TrainConfig:

@@ -1,0 +1,65 @@
+"""What the command-line programs share: the help formatter and argument types that reject bad values up front."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+
+__all__ = ["HelpFormatter", "positive_int", "non_negative_int", "positive_float", "non_negative_float",
+           "finite_float"]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows ``(default: ...)`` for options that take a value and have a default not already described."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 32, width: int | None = None):
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and action.option_strings and action.default not in (None, argparse.SUPPRESS) \
+                and action.nargs != 0:  # argparse prints no help line at all for an option without help
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, argparse.SUPPRESS) and action.nargs != 0 and "default" not in text:
+            text += " (default: %(default)s)" if text else "default: %(default)s"
+        return text
+
+
+def _number(text: str, kind: type, what: str, ok) -> float | int:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value) or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """``argparse`` type: an integer >= 1."""
+    return _number(text, int, "a positive integer", lambda v: v >= 1)
+
+
+def non_negative_int(text: str) -> int:
+    """``argparse`` type: an integer >= 0."""
+    return _number(text, int, "an integer >= 0", lambda v: v >= 0)
+
+
+def positive_float(text: str) -> float:
+    """``argparse`` type: a finite number > 0."""
+    return _number(text, float, "a finite number > 0", lambda v: v > 0)
+
+
+def non_negative_float(text: str) -> float:
+    """``argparse`` type: a finite number >= 0."""
+    return _number(text, float, "a finite number >= 0", lambda v: v >= 0)
+
+
+def finite_float(text: str) -> float:
+    """``argparse`` type: any finite number."""
+    return _number(text, float, "a finite number", lambda v: True)

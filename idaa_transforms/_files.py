@@ -1,0 +1,176 @@
+"""Files of a run folder: atomic writes, guarded fresh starts, tolerant reads, and one settings check for resumes.
+
+Every file a run writes goes through :func:`atomic_write_bytes` (or one of its wrappers): the bytes land in a
+temporary file in the same folder, which is then renamed over the target, so a run killed mid-write leaves the
+previous version intact, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_write_jsonl",
+    "atomic_torch_save",
+    "load_torch_state",
+    "read_jsonl",
+    "prepare_run_dir",
+    "changed_settings",
+]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> atomic_write_bytes(folder / "a.bin", b"abc")
+        >>> (folder / "a.bin").read_bytes(), sorted(p.name for p in folder.iterdir())
+        (b'abc', ['a.bin'])
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write one JSON object per line, atomically (the whole file is rewritten: metrics files are small)."""
+    atomic_write_text(path, "".join(json.dumps(dict(row)) + "\n" for row in rows))
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically (a kill mid-write leaves the previous file intact)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_torch_state(path: str | Path, map_location: Any = "cpu") -> Any:
+    """Read a state file written by :func:`atomic_torch_save`, with ``weights_only=True`` (no code runs).
+
+    Raises:
+        ValueError: the file is truncated, not a torch file, or holds objects other than tensors and plain data;
+            the message names the file.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in first or "Unsupported global" in first or isinstance(err, pickle.UnpicklingError):
+            first = "it holds Python objects other than tensors and plain data, which are never unpickled here"
+        raise ValueError(f"{path} is not a readable training state ({first[:160]}); "
+                         f"delete it and start again without --resume, or point to another folder.") from None
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file; a cut-off last line (a run killed mid-write) is skipped with a warning.
+
+    Raises:
+        ValueError: a line other than the last one is not valid JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                warnings.warn(f"{path}: skipped its cut-off last line (a run stopped while writing it).",
+                              stacklevel=2)
+                break
+            raise ValueError(f"{path}: line {number} is not valid JSON; the file is damaged.") from None
+    return rows
+
+
+def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, markers: Iterable[str]) -> Path:
+    """Create the run folder ``out``, refusing to start afresh over a previous run's files.
+
+    Args:
+        out: the run folder.
+        resume: the run continues what is there, so existing files are expected.
+        overwrite: the user asked to replace a previous run (its ``markers`` are deleted first).
+        markers: the file names a run writes; any of them present means a previous run lives in ``out``.
+
+    Raises:
+        ValueError: ``out`` is a file, or holds a previous run and neither ``resume`` nor ``overwrite`` is set.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {out} is a file, not a folder; give a folder for the run's outputs.")
+    found = [name for name in markers if (out / name).exists()]
+    if found and not resume:
+        if not overwrite:
+            raise ValueError(f"--out: {out} already holds a run ({', '.join(found)}); pass --resume to continue "
+                             f"it, --overwrite to replace it, or choose another --out.")
+        for name in found:
+            (out / name).unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"--out: cannot write to {out} ({err.strerror}); choose a writable folder.") from None
+    return out
+
+
+def changed_settings(saved: Mapping[str, Any], now: Mapping[str, Any], *, ignore: Iterable[str] = (),
+                     defaults: Mapping[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
+    """Settings that differ between a saved run and the current one, as ``{name: (saved, now)}``.
+
+    ``ignore`` names settings that may change between runs (progress bars, the output folder...). ``defaults`` fills
+    in settings a saved run predates.
+
+    Example:
+        >>> changed_settings({"lr": 0.1, "seed": 0}, {"lr": 0.2, "seed": 0, "new": 1}, defaults={"new": 1})
+        {'lr': (0.1, 0.2)}
+    """
+    ignored, defaults = set(ignore), defaults or {}
+    missing = object()
+    changed = {}
+    for name, value in now.items():
+        if name in ignored:
+            continue
+        old = saved.get(name, defaults.get(name, missing))
+        if old is missing or _normalise(old) != _normalise(value):
+            changed[name] = (None if old is missing else old, value)
+    return changed
+
+
+def _normalise(value: Any) -> Any:
+    """JSON round trip, so that tuples and lists (or Paths and strings) saved and loaded compare equal."""
+    return json.loads(json.dumps(value, default=str))
