@@ -150,7 +150,7 @@ def test_compare_end_to_end(tmp_path):
 
 
 def test_pixel_fgsm_loss_without_gradient_path_is_a_clear_error():
-    from idaa_transforms.experiments.pixel_fgsm import PixelFGSM
+    from idaa_transforms.pixel_fgsm import PixelFGSM
 
     fgsm = PixelFGSM(loss_fn=lambda x, x_adv: x_adv.detach().sum(), eps=0.01)
     with pytest.raises(ValueError, match="no gradient path to x_adv"):

@@ -16,7 +16,7 @@ from idaa_transforms.trainers import TrainConfig, build_encoder, build_method, c
 from idaa_transforms.trainers.cli import build_parser
 from idaa_transforms.trainers.engine import load_split
 from idaa_transforms.trainers.methods import BYOL
-from idaa_transforms.transform import call_without_buffer_updates
+from idaa_transforms.attack import call_without_buffer_updates
 
 from conftest import make_vae
 

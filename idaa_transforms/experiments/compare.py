@@ -12,7 +12,7 @@ Four variants are trained on the same data, with the same seeds and the same num
   code path and cost, so ``x_adv`` is ``v1`` reassembled as ``G(v1) + R(v1)``);
 * ``pixel_fgsm``: a one-step pixel-space FGSM view with the same strength budget: its ``eps`` gives the same mean L2
   norm per image as IDAA's perturbation, measured once on training views with a fresh encoder
-  (:func:`~idaa_transforms.experiments.pixel_fgsm.matched_pixel_eps`).
+  (:func:`~idaa_transforms.pixel_fgsm.matched_pixel_eps`).
 
 Each run is evaluated by kNN and a linear probe on frozen features. Because IDAA makes an epoch more expensive, every
 non-baseline variant is also trained at equal wall-clock time: an extra set of runs, with their own full schedule
@@ -48,7 +48,7 @@ from torch import Tensor
 
 from idaa_transforms._cli import HelpFormatter
 from idaa_transforms.data import DATASETS, EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS
-from idaa_transforms.experiments.pixel_fgsm import PixelFGSM, matched_pixel_eps
+from idaa_transforms.pixel_fgsm import PixelFGSM, matched_pixel_eps
 from idaa_transforms.experiments.stats import PairedComparison, paired_comparison, summarize
 from idaa_transforms.trainers.engine import METRICS, RESULTS, TrainConfig, load_split, train
 from idaa_transforms.trainers.methods import METHODS

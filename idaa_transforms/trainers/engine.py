@@ -7,7 +7,7 @@ One training step on a batch ``x`` (on the device):
 3. with IDAA, the adversarial view ``x_adv`` of ``v1`` from :class:`~idaa_transforms.IDAATransform`, attacking the
    method's own loss with the outputs of ``v1`` already computed, and ``L(v1, x_adv)`` with the ``x_adv`` forward
    inside :func:`~idaa_transforms.adversarial_bn` (separate adversarial BatchNorms unless disabled); with
-   ``adversary="pixel_fgsm"`` the view comes from :class:`~idaa_transforms.experiments.pixel_fgsm.PixelFGSM` instead
+   ``adversary="pixel_fgsm"`` the view comes from :class:`~idaa_transforms.pixel_fgsm.PixelFGSM` instead
    (one signed-gradient step of size ``pixel_eps`` on the pixels), everything else unchanged;
 4. one optimiser step on ``L(v1, v2) + alpha * L(v1, x_adv)``.
 
@@ -38,13 +38,14 @@ from tqdm.auto import tqdm
 from idaa_transforms._rng import rng_state, set_rng_state
 from idaa_transforms.bn import adversarial_bn, convert_to_dual_bn
 from idaa_transforms.data import DATASETS, dataset_to_tensors, make_dataset
-from idaa_transforms.experiments.pixel_fgsm import PixelFGSM
+from idaa_transforms.pixel_fgsm import PixelFGSM
 from idaa_transforms.trainers import distributed as D
 from idaa_transforms.trainers.augment import simclr_views
 from idaa_transforms.trainers.evaluation import extract_features, knn_accuracy, linear_probe
 from idaa_transforms.trainers.methods import METHODS, build_method
 from idaa_transforms.trainers.models import ARCHS
-from idaa_transforms.transform import IDAATransform, call_without_buffer_updates
+from idaa_transforms.attack import call_without_buffer_updates
+from idaa_transforms.transform import IDAATransform
 
 __all__ = ["TrainConfig", "train", "load_split", "write_grid", "CHECKPOINT", "METRICS", "RESULTS", "GRID"]
 

@@ -29,7 +29,8 @@ from idaa_transforms.bn import adversarial_bn
 from idaa_transforms.losses import negative_cosine, nt_xent
 from idaa_transforms.trainers.distributed import all_gather_with_grad
 from idaa_transforms.trainers.models import build_encoder, mlp_head
-from idaa_transforms.transform import IDAATransform, call_without_buffer_updates
+from idaa_transforms.attack import call_without_buffer_updates
+from idaa_transforms.transform import IDAATransform
 
 __all__ = ["METHODS", "SimCLR", "BYOL", "build_method"]
 

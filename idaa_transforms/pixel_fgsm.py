@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from idaa_transforms.transform import LossFn, encoder_loss, loss_gradient
+from idaa_transforms.attack import LossFn, encoder_loss, loss_gradient
 
 __all__ = ["PixelFGSM", "matched_pixel_eps"]
 
