@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from idaa_transforms._rng import rng_state, set_rng_state
 from idaa_transforms.bn import adversarial_bn, convert_to_dual_bn
-from idaa_transforms.data import DATASETS, dataset_to_tensors, make_dataset
+from idaa_transforms.data import DATASETS, load_images
 from idaa_transforms.pixel_fgsm import PixelFGSM
 from idaa_transforms.trainers import distributed as D
 from idaa_transforms.trainers.augment import simclr_views
@@ -130,12 +130,9 @@ class TrainConfig:
 
 
 def load_split(cfg: TrainConfig, train: bool) -> tuple[Tensor, Tensor]:
-    """A split of ``cfg.dataset`` as in-memory ``(images, labels)``: uint8 for CIFAR, ``[0, 1]`` floats otherwise."""
-    ds = make_dataset(cfg.dataset, cfg.data_dir, train=train, download=cfg.download, image_size=cfg.image_size,
-                      crops_per_photo=cfg.crops_per_photo, seed=cfg.seed if cfg.dataset != "photos" else 0)
-    if cfg.dataset in ("cifar10", "cifar100"):
-        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets)
-    return dataset_to_tensors(ds, batch_size=256, num_workers=cfg.workers)
+    """A split of ``cfg.dataset`` as in-memory uint8 ``(images, labels)`` (see :func:`~idaa_transforms.data.load_images`)."""
+    return load_images(cfg.dataset, cfg.data_dir, train=train, download=cfg.download, image_size=cfg.image_size,
+                       crops_per_photo=cfg.crops_per_photo, seed=cfg.seed if cfg.dataset != "photos" else 0)
 
 
 def _to_float(x: Tensor) -> Tensor:
