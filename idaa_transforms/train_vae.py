@@ -21,6 +21,7 @@ Offline (the photographs that install with scikit-image / scikit-learn)::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import shlex
@@ -52,7 +53,9 @@ METRICS = "metrics.jsonl"
 #: Files whose presence means a previous run lives in the output folder.
 RUN_FILES = (STATE, METRICS, "model.safetensors", "config.json", "README.md", "reconstructions.png")
 #: Settings that may change when a run is resumed: they do not change what it computes.
-RESUMABLE = ("resume", "overwrite", "save_every", "no_progress", "out", "data_dir", "download", "device")
+RESUMABLE = ("resume", "overwrite", "save_every", "save_dtype", "no_progress", "out", "data_dir", "download",
+             "device")
+SAVE_DTYPES = ("float32", "float16", "bfloat16")
 AUGMENTS = ("simclr", "flip")
 #: AdamW betas of the original training.
 BETAS = (0.0, 0.9)
@@ -102,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stop-after", type=positive_int, default=None,
                      help="stop (resumably) after this many epochs of this invocation, e.g. to fit a time limit")
     run.add_argument("--save-every", type=positive_int, default=10, help="epochs between checkpoints")
+    run.add_argument("--save-dtype", default="float32", choices=SAVE_DTYPES,
+                     help="dtype of the saved weights (loaded back into float32); float16 halves the folder")
     run.add_argument("--no-progress", action="store_true", help="disable progress bars")
     return parser
 
@@ -428,7 +433,7 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
     vae.eval()
     report = held_out_report(vae, held_images, args.image_size, seed=args.seed)
     rate = images_seen / seconds if seconds else 0.0
-    vae.save_pretrained(out)
+    copy.deepcopy(vae).to(getattr(torch, args.save_dtype)).save_pretrained(out)  # integer buffers stay as they are
     atomic_write_text(out / "README.md", _model_card(args, config, about, epochs_done, report, command, seconds, rate))
     atomic_write_text(out / "held_out.json", json.dumps(
         {"epochs": epochs_done, "seconds": seconds, "images_per_second": rate, **report}, indent=2) + "\n")
