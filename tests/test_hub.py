@@ -1,4 +1,5 @@
-"""Checkpoint loading through huggingface_hub, offline: local folders, a populated Hub cache, and every failure."""
+"""Checkpoint folders (``_hub``) through the VAE: local folders, a populated Hub cache, every failure, interrupted
+writes, the Hub options and the model card; no network."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import pytest
 import torch
 from huggingface_hub import constants
 
-from idaa_transforms import CheckpointError, IDAATransform, IdentityVAE, VAEConfig, load_vae
+from idaa_transforms import CheckpointError, HubOptions, IDAATransform, IdentityVAE, VAEConfig
+from idaa_transforms import _files, _hub
 from idaa_transforms.data import EVAL_PHOTOS, photo_crops
-from idaa_transforms.hub import default_checkpoint_dir
+from idaa_transforms.vae import DEFAULT_CHECKPOINT
+
+load_vae = IdentityVAE.from_pretrained
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REPO = "idaa-test/tiny-vae"
@@ -104,7 +108,9 @@ def test_offline_cache_in_a_fresh_process(tiny_vae, tmp_path):
 
 def test_missing_repo_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(CheckpointError, match=r"idaa-test/absent.*offline mode is on and it is not in the cache"):
+    with pytest.raises(CheckpointError, match=r"idaa-test/absent': no such folder, and config\.json of Hub repo "
+                                              r"'idaa-test/absent' is unavailable: offline mode is on and it is not "
+                                              r"in the cache"):
         load_vae("idaa-test/absent", cache_dir=tmp_path)
 
 
@@ -123,9 +129,9 @@ def test_missing_file_in_local_folder(tiny_vae, tmp_path):
         load_vae(tmp_path)
 
 
-def test_not_a_folder_nor_repo_id(tmp_path):
-    with pytest.raises(CheckpointError, match="neither an existing local folder nor a valid Hub repo id"):
-        load_vae(str(tmp_path / "no" / "such" / "folder"))
+def test_not_a_folder_nor_repo_id():
+    with pytest.raises(CheckpointError, match=r"'bad name!': no such folder, and not a valid Hub repo id"):
+        load_vae("bad name!")
 
 
 def test_corrupted_safetensors(tiny_vae, tmp_path):
@@ -169,7 +175,7 @@ def test_invalid_config_json(tiny_vae, tmp_path):
 
 
 def test_shipped_default_loads_offline_and_reconstructs():
-    folder = default_checkpoint_dir()
+    folder = _hub.shipped_checkpoint_dir(DEFAULT_CHECKPOINT)
     assert (folder / "README.md").is_file()
     assert (folder / "model.safetensors").stat().st_size < 30 * 2**20
     vae = IdentityVAE.from_pretrained()
