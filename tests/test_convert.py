@@ -365,17 +365,11 @@ def test_non_finite_normalisation_is_rejected(tmp_path, values):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("victim", ["README.md", "model.safetensors", "config.json"])
-def test_interrupted_conversion_keeps_the_previous_output(tmp_path, monkeypatch, victim):
-    first, second = tmp_path / "first.pth", tmp_path / "second.pth"
-    torch.save(_reference("cifar", seed=7).state_dict(), first)
-    torch.save(_reference("cifar", seed=8).state_dict(), second)
-    out = tmp_path / "out"
-    convert_original_checkpoint(first, out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+def dies_writing(victim: str):
+    """An ``open`` for ``_files`` whose files named like ``victim`` write half their bytes, then the run is killed."""
     real_open = open
 
-    def half_writer(file, mode="r", *args, **kwargs):
+    def opener(file, mode="r", *args, **kwargs):
         handle = real_open(file, mode, *args, **kwargs)
         if "w" in mode and victim in Path(file).name:
             write = handle.write
@@ -387,7 +381,18 @@ def test_interrupted_conversion_keeps_the_previous_output(tmp_path, monkeypatch,
             handle.write = write_half_then_die
         return handle
 
-    monkeypatch.setattr(_files, "open", half_writer, raising=False)
+    return opener
+
+
+@pytest.mark.parametrize("victim", ["README.md", "model.safetensors", "config.json"])
+def test_interrupted_conversion_keeps_the_previous_output(tmp_path, monkeypatch, victim):
+    first, second = tmp_path / "first.pth", tmp_path / "second.pth"
+    torch.save(_reference("cifar", seed=7).state_dict(), first)
+    torch.save(_reference("cifar", seed=8).state_dict(), second)
+    out = tmp_path / "out"
+    convert_original_checkpoint(first, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(_files, "open", dies_writing(victim), raising=False)
     with pytest.raises(KeyboardInterrupt):
         convert_original_checkpoint(second, out, overwrite=True)
     monkeypatch.undo()
