@@ -323,6 +323,17 @@ def test_cuda_map_location_without_a_gpu(tiny_vae, tmp_path, device):
         IdentityVAE.from_pretrained(tmp_path, map_location=device)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_map_location(tiny_vae, tmp_path):
+    tiny_vae.save_pretrained(tmp_path)
+    loaded = IdentityVAE.from_pretrained(tmp_path, map_location="cuda")
+    assert all(p.is_cuda for p in loaded.parameters()) and all(b.is_cuda for b in loaded.buffers())
+    assert_same_model(tiny_vae, loaded.cpu())
+    count = torch.cuda.device_count()
+    with pytest.raises(ValueError, match=rf"this machine has {count} CUDA device\(s\)"):
+        IdentityVAE.from_pretrained(tmp_path, map_location=f"cuda:{count}")
+
+
 def test_transform_passes_hub_options_through_once(tiny_vae, tmp_path, monkeypatch):
     tiny_vae.save_pretrained(tmp_path / "ckpt")
     populate_cache(tmp_path / "cache", tmp_path / "ckpt")
