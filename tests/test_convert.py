@@ -299,25 +299,29 @@ def test_pickled_object_is_never_executed(tmp_path, monkeypatch):
     assert ran == []
 
 
-@pytest.mark.parametrize("where", ["a file", "inside a file", "unwritable"])
+@pytest.mark.parametrize("where", ["a file", "inside a file", "unwritable parent", "unwritable folder"])
 def test_out_dir_that_cannot_hold_the_checkpoint(tmp_path, capsys, monkeypatch, where):
     path = tmp_path / "vae.pth"
     torch.save(_reference("cifar").state_dict(), path)
     (tmp_path / "taken").write_text("a file")
+    (tmp_path / "locked").mkdir()
     out = {"a file": tmp_path / "taken", "inside a file": tmp_path / "taken" / "out",
-           "unwritable": tmp_path / "locked"}[where]
-    if where == "unwritable":  # permission bits do not bind root, so the refusal is simulated at mkdir
+           "unwritable parent": tmp_path / "locked" / "out", "unwritable folder": tmp_path / "locked"}[where]
 
-        def refuse(self, *args, **kwargs):
-            raise PermissionError(13, "Permission denied", str(self))
+    def refuse(file, *args, **kwargs):  # permission bits do not bind root, so the refusal is simulated
+        raise PermissionError(13, "Permission denied", str(file))
 
+    if where == "unwritable parent":
         monkeypatch.setattr(Path, "mkdir", refuse)
+    elif where == "unwritable folder":
+        monkeypatch.setattr(_files, "open", refuse, raising=False)
     assert main([str(path), str(out)]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     expected = f"{out} is a file, not a folder" if where == "a file" else f"cannot write to {out}"
     assert "error: out_dir: " in err and expected in err, err
     assert (tmp_path / "taken").read_text() == "a file"
+    assert list((tmp_path / "locked").iterdir()) == []  # nothing half-written
 
 
 def test_users_readme_is_kept_without_overwrite(tmp_path, capsys):
