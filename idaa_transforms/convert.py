@@ -311,8 +311,8 @@ def _write_model_card(folder: Path, vae: IdentityVAE, checkpoint: Path, digest: 
     class_name = ORIGINAL_VARIANTS[variant]["class_name"]
     mean = ", ".join(f"{m:g}" for m in cfg.input_mean)
     std = ", ".join(f"{s:g}" for s in cfg.input_std)
-    summary = f"""This checkpoint was **converted** with `idaa-convert-original` (`idaa_transforms.convert`) from the original
-IDAA implementation's `{class_name}` weights (Yang et al., *Identity-Disentangled Adversarial Augmentation for
+    summary = f"""This checkpoint was **converted** with `idaa-convert-original` (`idaa_transforms.convert`) from the
+original IDAA implementation's `{class_name}` weights (Yang et al., *Identity-Disentangled Adversarial Augmentation for
 Self-supervised Learning*, ICML 2022). It was not trained with `idaa_transforms`.
 
 | | |

@@ -359,7 +359,8 @@ def test_cli_rejects_bad_options(tmp_path, capsys, options, message):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("values", [dict(input_std=(0.2, float("nan"), 0.2)), dict(input_mean=(0.5, 0.5, float("inf")))])
+@pytest.mark.parametrize("values", [dict(input_std=(0.2, float("nan"), 0.2)),
+                                    dict(input_mean=(0.5, 0.5, float("inf")))])
 def test_non_finite_normalisation_is_rejected(tmp_path, values):
     path = tmp_path / "vae.pth"
     torch.save(_reference("cifar").state_dict(), path)

@@ -19,8 +19,6 @@ from idaa_transforms import _files, _hub
 from idaa_transforms.data import EVAL_PHOTOS, photo_crops
 from idaa_transforms.vae import DEFAULT_CHECKPOINT
 
-load_vae = IdentityVAE.from_pretrained
-
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REPO = "idaa-test/tiny-vae"
 
@@ -91,7 +89,7 @@ def test_repo_id_from_populated_cache_offline(tiny_vae, tmp_path, monkeypatch):
 def test_repo_id_local_files_only_with_revision(tiny_vae, tmp_path):
     tiny_vae.save_pretrained(tmp_path / "ckpt")
     populate_cache(tmp_path / "cache", tmp_path / "ckpt")
-    loaded = load_vae(REPO, cache_dir=tmp_path / "cache", local_files_only=True, revision=COMMIT)
+    loaded = IdentityVAE.from_pretrained(REPO, cache_dir=tmp_path / "cache", local_files_only=True, revision=COMMIT)
     assert_same_model(tiny_vae, loaded)
 
 
@@ -111,7 +109,7 @@ def test_missing_repo_offline(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=r"idaa-test/absent': no such folder, and config\.json of Hub repo "
                                               r"'idaa-test/absent' is unavailable: offline mode is on and it is not "
                                               r"in the cache"):
-        load_vae("idaa-test/absent", cache_dir=tmp_path)
+        IdentityVAE.from_pretrained("idaa-test/absent", cache_dir=tmp_path)
 
 
 def test_missing_file_in_cached_repo(tiny_vae, tmp_path):
@@ -119,19 +117,19 @@ def test_missing_file_in_cached_repo(tiny_vae, tmp_path):
     snapshot = populate_cache(tmp_path / "cache", tmp_path / "ckpt")
     (snapshot / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"model\.safetensors of Hub repo 'idaa-test/tiny-vae'"):
-        load_vae(REPO, cache_dir=tmp_path / "cache", local_files_only=True)
+        IdentityVAE.from_pretrained(REPO, cache_dir=tmp_path / "cache", local_files_only=True)
 
 
 def test_missing_file_in_local_folder(tiny_vae, tmp_path):
     tiny_vae.save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"has no model\.safetensors.*save_pretrained"):
-        load_vae(tmp_path)
+        IdentityVAE.from_pretrained(tmp_path)
 
 
 def test_not_a_folder_nor_repo_id():
     with pytest.raises(CheckpointError, match=r"'bad name!': no such folder, and not a valid Hub repo id"):
-        load_vae("bad name!")
+        IdentityVAE.from_pretrained("bad name!")
 
 
 def test_corrupted_safetensors(tiny_vae, tmp_path):
@@ -139,14 +137,14 @@ def test_corrupted_safetensors(tiny_vae, tmp_path):
     data = (tmp_path / "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"model\.safetensors is not a readable safetensors file.*re-download"):
-        load_vae(tmp_path)
+        IdentityVAE.from_pretrained(tmp_path)
 
 
 def test_pickle_file_is_refused(tiny_vae, tmp_path):
     tiny_vae.save_pretrained(tmp_path)
     torch.save(tiny_vae.state_dict(), tmp_path / "model.safetensors")  # a pickle under the safetensors name
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
-        load_vae(tmp_path)
+        IdentityVAE.from_pretrained(tmp_path)
 
 
 def test_config_shapes_do_not_match_weights(tiny_vae, tmp_path):
@@ -155,7 +153,7 @@ def test_config_shapes_do_not_match_weights(tiny_vae, tmp_path):
     config["latent_dim"] = 16
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"does not match its config\.json: shape mismatch.*fc_mu\.weight"):
-        load_vae(tmp_path)
+        IdentityVAE.from_pretrained(tmp_path)
 
 
 def test_unknown_config_key(tiny_vae, tmp_path):
@@ -164,14 +162,14 @@ def test_unknown_config_key(tiny_vae, tmp_path):
     config["dropout"] = 0.1
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"config\.json: unknown VAE config key\(s\) \['dropout'\]"):
-        load_vae(tmp_path)
+        IdentityVAE.from_pretrained(tmp_path)
 
 
 def test_invalid_config_json(tiny_vae, tmp_path):
     tiny_vae.save_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"config\.json is not valid JSON"):
-        load_vae(tmp_path)
+        IdentityVAE.from_pretrained(tmp_path)
 
 
 def test_shipped_default_loads_offline_and_reconstructs():
@@ -211,7 +209,7 @@ def test_push_to_hub_uploads_a_loadable_checkpoint(tiny_vae, tmp_path, monkeypat
     assert tiny_vae.push_to_hub(REPO) == "commit-url"
     assert uploaded["repo_id"] == REPO
     assert {p.name for p in (tmp_path / "uploaded").iterdir()} >= {"config.json", "model.safetensors", "README.md"}
-    assert_same_model(tiny_vae, load_vae(tmp_path / "uploaded"))
+    assert_same_model(tiny_vae, IdentityVAE.from_pretrained(tmp_path / "uploaded"))
 
 
 # -- names that are not a folder: a local path is never looked up on the Hub -----------------------------------------
@@ -250,7 +248,8 @@ def test_unknown_name_says_no_folder_and_no_hub_repo(monkeypatch):
         raise _hub.RepositoryNotFoundError.__new__(_hub.RepositoryNotFoundError)
 
     monkeypatch.setattr(_hub, "hf_hub_download", not_found)
-    with pytest.raises(CheckpointError, match=r"^'runs-x/vae': no such folder, and no such Hub repo \(or it is private"):
+    with pytest.raises(CheckpointError, match=r"^'runs-x/vae': no such folder, and no such Hub repo \(or it is "
+                                              r"private"):
         IdentityVAE.from_pretrained("runs-x/vae")
 
 
@@ -306,9 +305,9 @@ def test_bad_hub_options_are_one_line_errors(tiny_vae, tmp_path, options, error,
 
 def test_misspelt_hub_option(tiny_vae, tmp_path):
     tiny_vae.save_pretrained(tmp_path)
-    with pytest.raises(TypeError, match=r"^IdentityVAE\.from_pretrained: unexpected keyword argument\(s\) \['revison'\]; "
-                                        r"the Hub options are revision, cache_dir, force_download, local_files_only, "
-                                        r"token, map_location\.$"):
+    with pytest.raises(TypeError, match=r"^IdentityVAE\.from_pretrained: unexpected keyword argument\(s\) "
+                                        r"\['revison'\]; the Hub options are revision, cache_dir, force_download, "
+                                        r"local_files_only, token, map_location\.$"):
         IdentityVAE.from_pretrained(tmp_path, revison="main")
     with pytest.raises(TypeError, match="unexpected keyword argument 'revison'"):  # the transform's own options
         IDAATransform.from_pretrained(tmp_path, revison="main")
