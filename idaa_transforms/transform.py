@@ -12,6 +12,7 @@ Only ``z`` moves, so the sample changes along the VAE's manifold and keeps its f
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from idaa_transforms._hub import HubOptions
 from idaa_transforms.attack import LossFn, encoder_loss, loss_gradient
 from idaa_transforms.vae import IdentityVAE
 
@@ -194,28 +196,28 @@ class IDAATransform(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        name_or_path: str | None = None,
+        name_or_path: str | os.PathLike | None = None,
         encoder: Callable[[Tensor], Tensor] | None = None,
         loss_fn: LossFn | None = None,
-        *,
-        revision: str | None = None,
-        cache_dir: str | None = None,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
-        map_location: str | torch.device = "cpu",
-        **options,
+        **options: Any,
     ) -> IDAATransform:
         """Build the transform on a pretrained VAE: a Hub repo id, a local folder, or ``None`` for the shipped default.
 
-        ``options`` are the constructor's keyword arguments (``eps``, ``steps``, ``p``, ...).
+        Args:
+            name_or_path, encoder, loss_fn: the checkpoint (see :meth:`IdentityVAE.from_pretrained`), then as in the
+                constructor.
+            **options: the Hub options (``revision``, ``cache_dir``, ``force_download``, ``local_files_only``,
+                ``token``, ``map_location``: see :class:`~idaa_transforms.HubOptions`), passed to
+                :meth:`IdentityVAE.from_pretrained`, and the constructor's keyword arguments (``eps``, ``steps``,
+                ``p``, ...).
 
         Example:
             >>> idaa = IDAATransform.from_pretrained(loss_fn=lambda x, x_adv: (x_adv - x).pow(2).sum(), eps=0.05)
             >>> idaa(torch.rand(2, 3, 32, 32)).shape
             torch.Size([2, 3, 32, 32])
         """
-        vae = IdentityVAE.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir,
-                                          local_files_only=local_files_only, token=token, map_location=map_location)
+        hub_options, options = HubOptions.split(options)
+        vae = IdentityVAE.from_pretrained(name_or_path, **hub_options)
         return cls(vae, encoder, loss_fn, **options)
 
     def train(self, mode: bool = True) -> IDAATransform:
