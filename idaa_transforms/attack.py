@@ -50,9 +50,9 @@ class Adversary(Protocol):
     Example:
         >>> from idaa_transforms import PixelFGSM
         >>> def hard_view(adversary: Adversary, x: Tensor) -> Tensor:
-        ...     return adversary(x, loss_fn=lambda x, x_adv: x_adv.square().mean())
-        >>> hard_view(PixelFGSM(eps=0.1), torch.zeros(2, 3, 4, 4)).abs().max().item()
-        0.10000000149011612
+        ...     return adversary(x, loss_fn=lambda x, x_adv: (x_adv - x.flip(0)).square().mean())
+        >>> hard_view(PixelFGSM(eps=0.25), torch.tensor([[[[0.0]]], [[[1.0]]]])).flatten().tolist()
+        [-0.25, 1.25]
     """
 
     def __call__(self, x: Tensor, *, loss_fn: LossFn | None = None, anchor: Tensor | None = None) -> Tensor: ...

@@ -108,7 +108,7 @@ def matched_pixel_eps(x: Tensor, x_adv: Tensor) -> float:
 
     Example:
         >>> x = torch.zeros(2, 3, 4, 4)
-        >>> matched_pixel_eps(x, x + 0.5)
+        >>> round(matched_pixel_eps(x, x + 0.5), 6)
         0.5
     """
     norms = (x_adv - x).flatten(1).norm(dim=1)
