@@ -537,7 +537,9 @@ class IDAATransform(nn.Module):
             warnings.warn(message, UserWarning, stacklevel=4)
 
     def extra_repr(self) -> str:
+        cfg = self.vae.config
         return (
             f"eps={self.eps}, steps={self.steps}, step_size={self.step_size}, norm={self.norm!r}, "
-            f"random_start={self.random_start}, p={self.p}, clamp={self.clamp}"
+            f"random_start={self.random_start}, p={self.p}, clamp={self.clamp}, "
+            f"vae=<frozen {cfg.image_size} px, {cfg.latent_dim} latents>"
         )

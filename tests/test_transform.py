@@ -932,6 +932,7 @@ def test_state_dict_leaves_the_vae_out_and_holders_round_trip(make_idaa, eval_en
 def test_repr_mentions_options(make_idaa):
     text = repr(make_idaa(eps=0.25, steps=2, norm="l2"))
     assert "eps=0.25" in text and "steps=2" in text and "norm='l2'" in text
+    assert "vae=<frozen 32 px, 8 latents>" in text
 
 
 def test_config_variant_vae(x):
