@@ -1,4 +1,7 @@
-"""The identity VAE: the generative model whose reconstruction ``G(x)`` is the "identity" part of an image.
+"""The VAE of IDAA: its reconstruction ``G(x) = decode(encode(x))`` is what the attack moves through the latent.
+
+The residual ``R(x) = x - G(x)``, which the VAE cannot reconstruct, keeps most of the identity-distinctive detail;
+IDAA changes ``G(x)`` and adds ``R(x)`` back (the name ``IdentityVAE`` is the paper's "identity-disentangled" VAE).
 
 The architecture follows the convolutional VAE of Yang et al. (ICML 2022): ``num_downsamplings`` stride-2 4x4
 convolutions to a ``width``-channel feature map, residual blocks with BatchNorm, linear heads to the latent, and a
@@ -360,8 +363,8 @@ class IdentityVAE(nn.Module):
                 folder,
                 title=f"IdentityVAE ({cfg.image_size} px, latent {cfg.latent_dim}, width {cfg.width})",
                 summary="The generative model of an `idaa_transforms.IDAATransform` (identity-disentangled "
-                        "adversarial augmentation): `G(x) = decode(encode(x))` is the identity part of an image, "
-                        "`R(x) = x - G(x)` the residual detail.",
+                        "adversarial augmentation): `G(x) = decode(encode(x))` is the VAE's reconstruction, "
+                        "and the residual `R(x) = x - G(x)` keeps most of the identity-distinctive detail.",
                 sections={"Usage": "```python\nfrom idaa_transforms import IDAATransform\n"
                                    "idaa = IDAATransform.from_pretrained(\"<this repo or folder>\", encoder=model, "
                                    "eps=0.1)\n```"},

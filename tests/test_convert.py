@@ -157,8 +157,8 @@ def test_identity_of_idaa_transform_matches_reference_gx(checkpoints):
     with torch.no_grad():
         ref_gx = ref(x)[0]
     parts = idaa.decompose(x)
-    torch.testing.assert_close(parts.identity, ref_gx, atol=1e-5, rtol=0)
-    torch.testing.assert_close(parts.identity + parts.residual, x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(parts.reconstruction, ref_gx, atol=1e-5, rtol=0)
+    torch.testing.assert_close(parts.reconstruction + parts.residual, x, atol=1e-5, rtol=0)
 
 
 def test_cli(tmp_path, capsys):
