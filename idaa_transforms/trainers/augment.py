@@ -240,7 +240,8 @@ class SimCLRViews(nn.Module):
 
     def _generator(self, device: torch.device) -> torch.Generator | None:
         if self._seed is not None and device not in self._device_generators:
-            self._device_generators[device] = torch.Generator(device).manual_seed(self._seed)
+            self._device_generators[device] = self._order_generator if device.type == "cpu" else \
+                torch.Generator(device).manual_seed(self._seed)
         if not self._device_generators:
             return None
         generator = self._device_generators.get(device)
