@@ -206,19 +206,18 @@ class SimCLRViews(nn.Module):
         return torch.lerp(self._luma(x), x, factor).clamp_(0, 1)
 
     def _hue(self, x: Tensor, turns: Tensor) -> Tensor:
-        # kornia's RGB -> HSV, a hue rotation, HSV -> RGB, in one pass: the hue in sextants [0, 6) as kornia computes
-        # it, then each channel from (max, max - min) with the closed form c_n = v - v s clamp(min(k, 4 - k), 0, 1),
-        # k = (n + hue) mod 6, n = 5, 3, 1 for red, green, blue.
+        # kornia's RGB -> HSV, a hue rotation, HSV -> RGB, in one pass: the hue in sextants as kornia computes it
+        # (from the first maximal channel), then each channel from the value v = max and the chroma v s = max - min
+        # with the closed form c_n = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + hue) mod 6, n = 5, 3, 1 for red,
+        # green, blue. (kornia's s divides by v + 1e-8: the outputs differ by less than 1e-7.)
         high, low = x.amax(1, keepdim=True), x.amin(1, keepdim=True)
         delta = high - low
-        safe = torch.where(delta == 0, torch.ones_like(delta), delta)
         r, g, b = x.split(1, dim=1)
-        hue = torch.where((r >= g) & (r >= b), (g - b) / safe,
-                          torch.where(g >= b, (b - r) / safe + 2, (r - g) / safe + 4))
-        sextant = self._constant(x.device, x.dtype)[1]
-        k = (hue + turns * 6 + sextant).remainder_(6)
-        chroma = delta * (high / (high + 1e-8))  # v * s with kornia's s = delta / (v + eps)
-        return high - chroma * torch.minimum(k, 4 - k).clamp_(0, 1)
+        sextant = torch.where(r == high, g - b, torch.where(g == high, torch.add(b - r, delta, alpha=2),
+                                                            torch.add(r - g, delta, alpha=4)))
+        sextant = sextant / delta.clamp_min(torch.finfo(x.dtype).tiny)  # grey pixels: 0 / tiny = 0, as kornia
+        k = (sextant + (turns * 6 + self._constant(x.device, x.dtype)[1])).remainder_(6)
+        return high - delta * torch.minimum(k, 4 - k).clamp_(0, 1)
 
     def _luma(self, x: Tensor) -> Tensor:
         return (x * self._constant(x.device, x.dtype)[0]).sum(1, keepdim=True)
