@@ -27,7 +27,7 @@ bench-trainer-cpu:
 	$(PYTHON) benchmarks/bench.py --suite trainer --device cpu --arch resnet18 --batch-sizes 32 --image-sizes 32 \
 		--repeats 5 --warmup 1 --threads 1 --clock cpu --epoch-images 0 --out $(OUT)/cpu-trainer-resnet18
 	$(PYTHON) benchmarks/bench.py --suite trainer --device cpu --arch small_cnn --batch-sizes 256 --image-sizes 32 \
-		--threads 1 --profile --out $(OUT)/cpu-trainer-profile
+		--repeats 15 --threads 1 --clock cpu --profile --out $(OUT)/cpu-trainer-profile
 
 ## Issue 11 on a GPU in one command (about 2-3 minutes on an H100, limited to 6): CIFAR ResNet-18, 32 px, batch 512,
 ## bf16, channels_last: model-only, plain and IDAA steps, the views (fast and kornia), 50,000-image epochs of the
@@ -38,8 +38,8 @@ bench-trainer-gpu:
 		--batch-sizes 512 --image-sizes 32 --amp bf16 --channels-last --repeats 20 --warmup 5 \
 		--epoch-images 50000 --loader-workers 16 --out $(OUT)/gpu-trainer 2>&1 | tee $(OUT)/gpu-trainer/bench.log
 	timeout 60 $(PYTHON) benchmarks/bench.py --suite trainer --device cuda --arch resnet18 --vaes shipped \
-		--batch-sizes 512 --image-sizes 32 --amp bf16 --channels-last --profile --out $(OUT)/gpu-trainer/profile \
-		> /dev/null
+		--batch-sizes 512 --image-sizes 32 --amp bf16 --channels-last --repeats 20 --profile \
+		--out $(OUT)/gpu-trainer/profile > /dev/null
 	timeout 60 $(PYTHON) benchmarks/check_cuda_sync.py 2>&1 | tee $(OUT)/gpu-trainer/check_cuda_sync.txt
 
 check-cuda-sync:

@@ -46,6 +46,7 @@ from workloads import (  # noqa: E402  (the sibling module, also when run as a s
     build_workloads,
     run_config,
     run_trainer,
+    views_breakdown,
 )
 
 from idaa_transforms._cli import HelpFormatter, non_negative_int, positive_float, positive_int  # noqa: E402
@@ -279,7 +280,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             epoch_images=args.epoch_images if args.epoch_images is not None else (50_000 if cuda else 0),
             loader_workers=workers)
         if args.profile:
+            breakdown = views_breakdown(cfg, clock=args.clock)
+            table = "| stage of one view | ms |\n|---|---|\n" + "".join(
+                f"| {k} | {v:.2f} |\n" for k, v in breakdown.items())
             print(profile_views(cfg, out))
+            print(table)
+            if out is not None:
+                write_results(out, info, [{"label": cfg.label, "config": asdict(cfg), "views_ms": breakdown}], table,
+                              title="Views: stage by stage")
             return []
         record = run_trainer(cfg, clock=args.clock)
         table = trainer_markdown(record)

@@ -74,6 +74,7 @@ __all__ = [
     "derive",
     "run_config",
     "run_trainer",
+    "views_breakdown",
 ]
 
 PART_KEYS = ("c1_encode", "c2_decode_fwd_bwd", "c3_encoder_fwd_bwd", "c4_step_decode")
@@ -407,6 +408,42 @@ def build_trainer_workloads(cfg: TrainerBenchConfig) -> tuple[Workloads, dict[st
         "vae_config": vae.config.to_dict(),
     }
     return Workloads(fns, meta), steps, data
+
+
+def views_breakdown(cfg: TrainerBenchConfig, clock: str = "wall") -> dict[str, float]:
+    """Median ms of each stage of one view of a ``[0, 1]`` batch: kornia's four modules and the fast backend's steps.
+
+    Each kornia module gets the output of the one before it, as in the pipeline; the fast steps are timed on the
+    same crop with one set of drawn parameters.
+    """
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    x = torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
+    kornia = simclr_views(cfg.image_size, backend="kornia")
+    fast = simclr_views(cfg.image_size)
+    with torch.no_grad():
+        inputs = [x]
+        for module in kornia:
+            inputs.append(module(inputs[-1]))
+        params = fast.make_params(x.shape, device)
+        crop = fast.apply(x, params._replace(jitter=params.jitter & False, gray=params.gray & False))
+        factor = [params.factors[:, i].view(-1, 1, 1, 1) for i in range(4)]
+    names = ("RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter", "RandomGrayscale")
+    fns: dict[str, Callable[[], Any]] = {"kornia/pipeline": lambda: kornia(x)}
+    for name, module, inp in zip(names, kornia, inputs):
+        fns[f"kornia/{name}"] = lambda module=module, inp=inp: module(inp)
+    fns.update({
+        "fast/pipeline": lambda: fast(x),
+        "fast/make_params": lambda: fast.make_params(x.shape, device),
+        "fast/crop_flip": lambda: fast._crop_flip(x, params),
+        "fast/brightness": lambda: fast._brightness(crop, factor[0]),
+        "fast/contrast": lambda: fast._contrast(crop, factor[1]),
+        "fast/saturation": lambda: fast._saturation(crop, factor[2]),
+        "fast/hue": lambda: fast._hue(crop, factor[3]),
+    })
+    with torch.no_grad():
+        times = time_workloads(fns, device, cfg.repeats, cfg.warmup, clock)
+    return {k: v * 1e3 for k, v in times.items()}
 
 
 def torchvision_v2_views(image_size: int) -> Callable[[Tensor], Tensor]:
