@@ -173,15 +173,18 @@ class SimCLRViews(nn.Module):
         Returns:
             ``(B, 3, size, size)`` views in ``[0, 1]``.
         """
+        dtype = x.dtype if x.is_floating_point() else torch.float32
         if not x.is_floating_point():
             x = x.to(torch.float32).div_(255)
+        elif x.dtype in (torch.float16, torch.bfloat16):  # 8-11 bit mantissas: crop coordinates would be off
+            x = x.float()
         out = self._crop_flip(x, params)
         jittered = out
         for step in params.order:
             jittered = _COLOUR_STEPS[step](self, jittered, params.factors[:, step].to(out.dtype).view(-1, 1, 1, 1))
         # Masks as 0/1 weights of lerp, which returns either end exactly and is cheaper than torch.where on the CPU.
         out = torch.lerp(out, jittered, params.jitter.to(out.dtype).view(-1, 1, 1, 1))
-        return torch.lerp(out, self._luma(out), params.gray.to(out.dtype).view(-1, 1, 1, 1))
+        return torch.lerp(out, self._luma(out), params.gray.to(out.dtype).view(-1, 1, 1, 1)).to(dtype)
 
     def _crop_flip(self, x: Tensor, params: ViewParams) -> Tensor:
         # kornia crops by slicing and resizes each crop with bilinear interpolation and align_corners=True: output

@@ -187,7 +187,7 @@ def test_colour_effects_on_a_flat_colour_match_kornia() -> None:
 
 # -- shapes, dtypes, devices, seeds, errors ------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.uint8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.uint8])
 def test_shapes_dtypes_and_devices(device: str, dtype: torch.dtype) -> None:
     x = smooth_images(8).to(device)
     x = (x * 255).to(dtype) if dtype == torch.uint8 else x.to(dtype)
@@ -195,6 +195,14 @@ def test_shapes_dtypes_and_devices(device: str, dtype: torch.dtype) -> None:
     assert out.shape == (8, 3, 20, 20) and out.device.type == device
     assert out.dtype == (torch.float32 if dtype == torch.uint8 else dtype)
     assert float(out.min()) >= 0 and float(out.max()) <= 1 and not out.requires_grad
+
+
+def test_low_precision_input_is_cropped_in_float32() -> None:
+    x = smooth_images(8)
+    views = SimCLRViews(32)
+    params = views.make_params(x.shape, x.device)
+    expected = views.apply(x.bfloat16().float(), params)
+    torch.testing.assert_close(views.apply(x.bfloat16(), params).float(), expected, atol=1 / 128, rtol=0)
 
 
 def test_a_seed_reproduces_calls_and_leaves_the_global_generator_alone() -> None:
