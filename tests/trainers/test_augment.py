@@ -26,6 +26,15 @@ N = 4096  # samples for the distribution checks: binomial rates within +-0.03 ar
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is faster than two, and much faster on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def ks_statistic(a: torch.Tensor, b: torch.Tensor) -> float:
     """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs of ``a`` and ``b``."""
     a, b = a.flatten().double().sort().values, b.flatten().double().sort().values
@@ -82,7 +91,7 @@ def test_every_colour_order_matches_kornia() -> None:
     x = smooth_images(32)
     kornia = simclr_views(32, backend="kornia")
     seen = set()
-    for _ in range(40):  # 24 orders; kornia draws one per call
+    for _ in range(30):  # 24 orders; kornia draws one per call
         expected = kornia(x)
         params = params_of_kornia(kornia)
         seen.add(params.order)
