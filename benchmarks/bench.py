@@ -229,7 +229,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vaes", default=None, help="comma-separated: paper, shipped (default paper,shipped for "
                         "the transform suite, shipped for the trainer suite, the trainer's default)")
     parser.add_argument("--batch-sizes", default=None,
-                        help="comma-separated; default 256,512,1024 on CUDA, 64,32,128 on CPU (trainer suite: the first)")
+                        help="comma-separated; default 256,512,1024 on CUDA, 64,32,128 on CPU "
+                             "(trainer suite: the first)")
     parser.add_argument("--image-sizes", default="32,64,96", help="comma-separated (trainer suite: the first)")
     parser.add_argument("--repeats", type=positive_int, default=None, help="default 10 on CUDA, 5 on CPU")
     parser.add_argument("--warmup", type=non_negative_int, default=3)

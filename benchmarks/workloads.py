@@ -483,7 +483,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step: Callable[[Any], Any], batches: Any, device: torch.device, clock: str = "wall") -> tuple[float, int]:
+def time_steps(step: Callable[[Any], Any], batches: Any, device: torch.device,
+               clock: str = "wall") -> tuple[float, int]:
     """Run ``step`` on every item of ``batches`` back to back; returns (seconds, steps), the device idle at both ends.
 
     On the CPU ``clock="cpu"`` counts this process's CPU time (not the ``DataLoader`` workers').

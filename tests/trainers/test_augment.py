@@ -71,7 +71,7 @@ def kornia_param_draws(batch_shape: tuple[int, ...], min_scale: float = 0.2) -> 
     return params_of_kornia(pipeline)
 
 
-# -- the same parameters give kornia's outputs --------------------------------------------------------------------------
+# -- the same parameters give kornia's outputs -------------------------------------------------------------------
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_apply_matches_kornia_for_the_same_parameters(seed: int) -> None:
     torch.manual_seed(seed)
