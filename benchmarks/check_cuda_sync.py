@@ -1,20 +1,28 @@
-"""Check that ``IDAATransform.forward`` makes no host-device synchronisation on CUDA and leaves no memory behind.
+"""Check that ``IDAATransform.forward`` and the trainer's step make no host-device synchronisation on CUDA.
 
-Run on a CUDA machine: ``python benchmarks/check_cuda_sync.py``. Every forward runs under
+Run on a CUDA machine: ``python benchmarks/check_cuda_sync.py``. Every checked call runs under
 ``torch.cuda.set_sync_debug_mode("error")``, so any synchronising call inside it (``.item()``, ``nonzero``, a blocking
-copy) raises. After the forward returns, the memory still allocated must be the output alone. Exits non-zero on a
-violation.
+copy) raises. After the transform's forward returns, the memory still allocated must be the output alone. The
+trainer's step (two fast views of a uint8 batch already on the device, two forwards, the IDAA view, the adversarial
+forward, the loss, backward and Adam step, under bf16 autocast, as ``idaa_transforms.trainers`` runs it) is checked
+with the kornia views too, for comparison. Exits non-zero on a violation of the transform or of the fast step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from idaa_transforms import IDAATransform, IdentityVAE, VAEConfig, convert_to_dual_bn
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package
+
+from idaa_transforms import IDAATransform, IdentityVAE, VAEConfig, adversarial_bn, convert_to_dual_bn  # noqa: E402
+from idaa_transforms.trainers.augment import simclr_views  # noqa: E402
+from idaa_transforms.trainers.methods import build_method  # noqa: E402
 
 
 def _cases() -> dict[str, dict[str, Any]]:
@@ -54,6 +62,48 @@ def check(name: str, idaa: IDAATransform, x: torch.Tensor, anchor: torch.Tensor 
     return output_bytes > 0, retained
 
 
+def check_trainer_step(vae: IdentityVAE, backend: str) -> bool:
+    """One warm-up step, then one step under the sync debug mode; returns whether it made no synchronisation."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = convert_to_dual_bn(build_method("simclr", "small_cnn")).to(device).train()
+    idaa = IDAATransform(vae, encoder=model.encoder, eps=0.1, temperature=model.temperature, use_adversarial_bn=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4, weight_decay=1e-6)
+    views = simclr_views(32, backend=backend)
+    data = torch.randint(0, 256, (1024, 3, 32, 32), dtype=torch.uint8, device=device)
+    index = torch.randperm(1024, device=device)[:256]
+
+    def step() -> torch.Tensor:
+        x = data[index]
+        with torch.no_grad():
+            if backend == "kornia":
+                x = x.float().div_(255)
+            v1, v2 = views(x), views(x)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out1, out2 = model(v1), model(v2)
+            x_adv = model.adversarial_view(idaa, v1, out1)
+            with adversarial_bn(True):
+                out_adv = model(x_adv)
+            loss = model.pair_loss(out1, out2) + model.pair_loss(out1, out_adv)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+        return True
+    except RuntimeError as err:
+        print(f"trainer_step_{backend}_views: synchronisation inside the step: {err}")
+        return False
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+
+
 def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("check_cuda_sync: needs a CUDA device.")
@@ -72,6 +122,10 @@ def main() -> None:
         sync_free, retained = check(name, idaa, x, anchor if case.get("anchor") else None, case.get("amp"))
         print(f"{name}: sync-free={sync_free}, bytes retained after forward besides the output={retained}")
         failures += (not sync_free) or retained > 0
+    for backend in ("fast", "kornia"):
+        sync_free = check_trainer_step(vae, backend)
+        print(f"trainer_step_{backend}_views: sync-free={sync_free}")
+        failures += backend == "fast" and not sync_free
     if failures:
         raise SystemExit(f"check_cuda_sync: {failures} case(s) failed")
     print("OK: no host-device synchronisation, nothing retained")
