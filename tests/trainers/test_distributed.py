@@ -14,11 +14,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import make_vae
 from idaa_transforms.losses import nt_xent
 from idaa_transforms.trainers.distributed import all_gather_with_grad, all_reduce_mean, shard_indices
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORLD = 2
 
 
@@ -66,12 +65,6 @@ def test_all_gather_gradient_matches_global_batch():
 def test_all_gather_is_identity_in_one_process():
     x = torch.randn(3, 2, requires_grad=True)
     assert all_gather_with_grad(x) is x
-
-
-@pytest.fixture
-def tiny_vae_dir(tmp_path) -> str:
-    make_vae().save_pretrained(tmp_path / "vae")
-    return str(tmp_path / "vae")
 
 
 def test_torchrun_two_processes(tmp_path, tiny_vae_dir):
