@@ -41,11 +41,8 @@ def build_parser(method: str = "simclr", prog: str | None = None) -> argparse.Ar
         prog=prog, allow_abbrev=False, epilog=_EPILOG, formatter_class=HelpFormatter,
         description="Self-supervised training (SimCLR or BYOL) with and without IDAA, identity-disentangled "
                     "adversarial augmentation (Yang et al., ICML 2022). Views are made on the device with kornia.")
-    add_train_arguments(parser, defaults={"method": method, "out": None})
-    parser.set_defaults(out=None)
-    for action in parser._actions:
-        if action.dest == "out":
-            action.help = "output folder (default: runs/<method>[-idaa])"
+    add_train_arguments(parser, defaults={"method": method, "out": None},
+                        helps={"out": "output folder (default: runs/<method>[-idaa])"})
     return parser
 
 

@@ -223,18 +223,23 @@ def changed_settings(saved: Mapping[str, Any] | TrainConfig, now: TrainConfig) -
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, *, defaults: Mapping[str, Any] | None = None,
-                        skip: Iterable[str] = (), title: str | None = None) -> None:
+                        skip: Iterable[str] = (), helps: Mapping[str, str] | None = None,
+                        title: str | None = None) -> None:
     """Add :class:`TrainConfig`'s options to ``parser``, in argument groups.
 
     Args:
         parser: the parser to extend.
         defaults: other defaults for some options (a harness's own); names must be fields.
         skip: fields not offered on this command line.
+        helps: other help texts for some options (say what a default of ``None`` means there).
         title: a prefix of the groups' titles.
+
+    Raises:
+        ValueError: ``defaults``, ``skip`` or ``helps`` name something that is not a field.
     """
-    defaults, skipped = dict(defaults or {}), set(skip)
+    defaults, skipped, helps = dict(defaults or {}), set(skip), dict(helps or {})
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = (set(defaults) | skipped) - names
+    unknown = (set(defaults) | skipped | set(helps)) - names
     if unknown:
         raise ValueError(f"add_train_arguments: not TrainConfig fields: {sorted(unknown)}.")
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -246,11 +251,12 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, defaults: Mapping[st
         group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
         default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        text = helps.get(f.name, meta["help"])
         if f.type in ("bool", bool):
             action = "store_false" if flag.startswith("--no-") and f.name != "no_progress" else "store_true"
-            group.add_argument(flag, dest=f.name, action=action, default=default, help=meta["help"])
+            group.add_argument(flag, dest=f.name, action=action, default=default, help=text)
             continue
-        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": meta["help"]}
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": text}
         if meta["choices"] is not None:
             kwargs["choices"] = meta["choices"]
         else:

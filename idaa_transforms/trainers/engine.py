@@ -243,11 +243,16 @@ class _Parts:
     steps_per_epoch: int
 
 
-def train(cfg: TrainConfig) -> TrainResult:
+def train(cfg: TrainConfig, *, deadline: float | None = None) -> TrainResult:
     """Train ``cfg.method`` on ``cfg.dataset``; the results are also written to ``<out>/results.json``.
 
     Runs distributed when launched by ``torchrun``. With ``stop_after`` the run stops after that many epochs in
     total (after writing a checkpoint) and returns the metrics so far without the final evaluation.
+
+    Args:
+        cfg: the run's settings.
+        deadline: a ``time.time()`` by which to stop: the run stops between epochs (after writing a checkpoint)
+            when the next epoch, as long as the last one, would end past it; ``resume=True`` continues it.
 
     Raises:
         ValueError: ``out`` holds another run (without ``resume``/``overwrite``), is a file or is not writable; the
@@ -264,6 +269,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         grid_x = _to_float(data.test_x[torch.linspace(0, data.test_x.shape[0] - 1, 8).long().to(env.device)])
         last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
         for epoch in range(start_epoch, last_epoch):
+            tic = time.time()
             metrics.append(_train_epoch(cfg, env, parts, data, epoch))
             if env.is_main:
                 _files.atomic_write_jsonl(out / METRICS, map(dataclasses.asdict, metrics))
@@ -273,8 +279,12 @@ def train(cfg: TrainConfig) -> TrainResult:
                     shown = {k: (round(v, 4) if isinstance(v, float) else v)
                              for k, v in dataclasses.asdict(metrics[-1]).items()}
                     tqdm.write(json.dumps(shown))
+            if epoch + 1 < last_epoch and _past(env, deadline, 2 * time.time() - tic):
+                last_epoch = epoch + 1
             if (epoch + 1) % cfg.save_every == 0 or epoch + 1 in (cfg.epochs, last_epoch):
                 _save(cfg, env, out / CHECKPOINT, parts, epoch + 1, metrics)
+            if epoch + 1 == last_epoch:
+                break
         result = _finish(cfg, env, parts, data, metrics[start_epoch:] or metrics, metrics, last_epoch)
         if env.is_main:
             if result.finished:
@@ -286,6 +296,16 @@ def train(cfg: TrainConfig) -> TrainResult:
         return result
     finally:
         D.cleanup(env)
+
+
+def _past(env: D.DistEnv, deadline: float | None, when: float) -> bool:
+    """Whether ``when`` is past ``deadline``, as rank 0 sees it (every process takes the same decision)."""
+    if deadline is None:
+        return False
+    decision = torch.tensor([float(when > deadline)], device=env.device)
+    if env.distributed:
+        dist.broadcast(decision, src=0)
+    return bool(decision.item())
 
 
 def _on_main(env: D.DistEnv, job):
