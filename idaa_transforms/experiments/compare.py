@@ -93,10 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--report-dir", default=None, help="folder of report.md, compare.json and the PNGs (default: --out)")
     g.add_argument("--no-equal-time", dest="equal_time", action="store_false",
                    help="skip the equal wall-clock time runs")
-    g.add_argument("--stop-after", type=_cli.positive_float, default=None, metavar="MINUTES",
+    g.add_argument("--stop-after", dest="stop_after_minutes", type=_cli.positive_float, default=None,
+                   metavar="MINUTES",
                    help="stop cleanly after this many minutes, between runs or between the epochs of a run "
                         "(leaving checkpoints); continue later with --resume")
-    g.add_argument("--resume", action="store_true", help="continue runs that an earlier call left unfinished")
+    g.add_argument("--resume", dest="resume_runs", action="store_true",
+                   help="continue runs that an earlier call left unfinished")
     g.add_argument("--no-anchors", dest="anchors", action="store_false",
                    help="skip the randomly initialised network's kNN accuracy")
     g.add_argument("--calibration-images", type=_cli.positive_int, default=256,
@@ -132,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, variants: list[str]) -> dict[str, Any]:
     start = time.time()
-    deadline = None if args.stop_after is None else start + 60 * args.stop_after
+    deadline = None if args.stop_after_minutes is None else start + 60 * args.stop_after_minutes
     out, report_dir = Path(args.out), Path(args.report_dir or args.out)
     for folder in (out, report_dir):
         if folder.exists() and not folder.is_dir():
@@ -145,7 +147,7 @@ def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, varia
     calibration = _calibration(base, args.calibration_images, out, report_dir)
     print(f"pixel FGSM eps matched to IDAA's mean L2 perturbation: {calibration.pixel_eps:.5f}", flush=True)
     anchors = Anchors(_random_init_knn(base, out) if args.anchors else None, published_anchors(base.dataset))
-    scheduler = Scheduler(base, out, calibration.pixel_eps, resume=args.resume, deadline=deadline)
+    scheduler = Scheduler(base, out, calibration.pixel_eps, resume=args.resume_runs, deadline=deadline)
     plan: dict[str, int] | None = None
 
     def write() -> dict[str, Any]:
