@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--report-dir", default=None, help="folder of report.md, compare.json and the PNGs (default: --out)")
     g.add_argument("--no-equal-time", dest="equal_time", action="store_false",
                    help="skip the equal wall-clock time runs")
-    g.add_argument("--stop-after", dest="stop_after_minutes", type=_cli.positive_float, default=None,
+    g.add_argument("--stop-after", "--max-minutes", dest="stop_after_minutes", type=_cli.positive_float, default=None,
                    metavar="MINUTES",
                    help="stop cleanly after this many minutes, between runs or between the epochs of a run "
                         "(leaving checkpoints); continue later with --resume")
