@@ -1,4 +1,8 @@
-"""Datasets: CIFAR-10/100 and STL-10 through torchvision, any image folder, and an offline corpus of real photographs.
+"""Data sets as uint8 image tensors: CIFAR-10/100 (local copies), STL-10, any image folder, and offline photographs.
+
+:func:`load_images` returns a whole split as ``(N, C, H, W)`` uint8 images and int64 labels, which the trainers keep
+on the device and convert per batch with :func:`to_float_images`. CIFAR reads torchvision's layout or class folders
+(:mod:`idaa_transforms._cifar`); image folders are decoded once and cached (:mod:`idaa_transforms._image_folders`).
 
 The offline corpus, ``photos``, is made of random crops (at several scales, resized to 32x32) of the colour
 photographs that install with scikit-image and scikit-learn, so it needs no network. Each crop is labelled by its
@@ -9,13 +13,13 @@ crops come from disjoint horizontal bands of each photograph, so no test pixel i
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 __all__ = [
     "PHOTOS",
@@ -25,8 +29,9 @@ __all__ = [
     "DATASETS",
     "load_photo",
     "photo_crops",
-    "make_dataset",
-    "dataset_to_tensors",
+    "load_images",
+    "to_float_images",
+    "class_balanced_subset",
     "batches",
 ]
 
@@ -121,82 +126,165 @@ def photo_crops(
     return TensorDataset(torch.stack(images).clamp_(0, 1), torch.tensor(labels))
 
 
-def make_dataset(
+def load_images(
     name: str,
     root: str | Path = "data",
+    *,
     train: bool = True,
-    download: bool = True,
     image_size: int = 32,
+    download: bool = False,
+    subset: int | None = None,
+    seed: int = 0,
     photos: Sequence[str] = EVAL_PHOTOS,
     crops_per_photo: int = 256,
-    seed: int = 0,
-) -> Dataset:
-    """A dataset of ``(image tensor in [0, 1], label)`` pairs by name.
+) -> tuple[Tensor, Tensor]:
+    """One split of a data set as ``(N, 3, H, W)`` uint8 images and int64 labels, on the CPU.
 
     Args:
-        name: one of ``cifar10``, ``cifar100``, ``stl10`` (torchvision, downloaded to ``root`` when ``download``),
-            ``imagefolder`` (``root/<class>/<image>``, resized to ``image_size``) or ``photos`` (offline).
-        root: data directory.
-        train: training split (STL-10: the labelled ``train`` split; ``unlabeled`` is not used).
-        download: let torchvision download the dataset if it is missing.
-        image_size: side of the images for ``imagefolder`` and ``photos``; STL-10 is resized to it if different.
-        photos, crops_per_photo, seed: the photographs and crops of the ``photos`` corpus.
+        name: ``cifar10`` or ``cifar100`` (a local copy in torchvision's layout or ``root/{train,test}/<class>/``
+            image folders; labels in the data set's canonical class order), ``stl10`` (torchvision's layout; the
+            labelled ``train``/``test`` splits), ``imagefolder`` (``root/train/<class>/<image>`` and
+            ``root/test/<class>/<image>`` with the same classes, any image format, resized and centre-cropped to
+            ``image_size``) or ``photos`` (the offline corpus, see :func:`photo_crops`).
+        root: the data folder (``--data-dir``).
+        train: the training split, else the test split.
+        image_size: side of ``imagefolder``, ``stl10`` and ``photos`` images (CIFAR is always 32).
+        download: let torchvision download CIFAR or STL-10 when no local copy is found; a local copy is never
+            downloaded again.
+        subset: keep a class-balanced, seeded subset of this many images (see :func:`class_balanced_subset`).
+        seed: the subset's seed; also the ``photos`` crops' seed.
+        photos, crops_per_photo: the photographs and crops of the ``photos`` corpus.
+
+    Raises:
+        FileNotFoundError: no local copy and no ``download``; an ``imagefolder`` without ``train/`` or ``test/``.
+        ValueError: an unknown name, class folders that differ between the splits, an unreadable image (named).
+
+    Example:
+        >>> images, labels = load_images("photos", train=False, photos=["coffee", "rocket"], crops_per_photo=3)
+        >>> images.shape, images.dtype, labels.tolist()
+        (torch.Size([6, 3, 32, 32]), torch.uint8, [0, 0, 0, 1, 1, 1])
     """
-    from torchvision import datasets, transforms
-
+    if name not in DATASETS:
+        raise ValueError(f"dataset: unknown data set {name!r}; expected one of {DATASETS}.")
+    root = Path(root)
     if name == "photos":
-        return photo_crops(photos, crops_per_photo, image_size, split="train" if train else "test",
-                           seed=seed if train else seed + 1)
-    to_tensor = transforms.ToTensor()
-    if name in ("cifar10", "cifar100"):
-        cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-        return cls(str(root), train=train, download=download, transform=to_tensor)
-    if name == "stl10":
-        steps = [to_tensor] if image_size == 96 else [transforms.Resize(image_size), to_tensor]
-        return datasets.STL10(str(root), split="train" if train else "test", download=download,
-                              transform=transforms.Compose(steps))
-    if name == "imagefolder":
-        folder = Path(root) / ("train" if train else "test")
-        folder = folder if folder.is_dir() else Path(root)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"imagefolder: {folder} is not a directory of <class>/<image> files.")
-        tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size), to_tensor])
-        return datasets.ImageFolder(str(folder), transform=tf)
-    raise ValueError(f"make_dataset: unknown dataset {name!r}; expected one of {DATASETS}.")
+        crops = photo_crops(photos, crops_per_photo, image_size, split="train" if train else "test",
+                            seed=seed if train else seed + 1)
+        images, labels = crops.tensors[0].mul(255).round_().to(torch.uint8), crops.tensors[1]
+    elif name in ("cifar10", "cifar100"):
+        from idaa_transforms._cifar import load_cifar
+
+        images, labels = load_cifar(name, root, train=train, download=download)
+    elif name == "stl10":
+        images, labels = _load_stl10(root, train=train, download=download, image_size=image_size)
+    else:
+        images, labels = _load_imagefolder(root, train=train, image_size=image_size)
+    if subset is not None:
+        index = class_balanced_subset(labels, subset, seed=seed)
+        images, labels = images[index], labels[index]
+    return images, labels
 
 
-def dataset_to_tensors(dataset: Dataset, batch_size: int = 512, num_workers: int = 0) -> tuple[Tensor, Tensor]:
-    """Materialise a (small) dataset of ``(image, label)`` pairs as two tensors, for fast in-memory training."""
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[0], dataset.tensors[1]
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    xs, ys = zip(*loader)
-    return torch.cat(xs), torch.cat([torch.as_tensor(y) for y in ys])
+def _load_imagefolder(root: Path, *, train: bool, image_size: int) -> tuple[Tensor, Tensor]:
+    from idaa_transforms._image_folders import class_folders, load_image_folder
+
+    folders = {split: root / split for split in ("train", "test")}
+    missing = [str(f) for f in folders.values() if not f.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"imagefolder: {' and '.join(missing)} not found; --data-dir must hold train/<class>/ "
+                                f"and test/<class>/ folders of images (any format Pillow reads), so that evaluation "
+                                f"runs on held-out images.")
+    classes = {split: class_folders(folder) for split, folder in folders.items()}
+    if classes["train"] != classes["test"]:
+        only_train = sorted(set(classes["train"]) - set(classes["test"]))
+        only_test = sorted(set(classes["test"]) - set(classes["train"]))
+        raise ValueError(f"imagefolder: train/ and test/ must have the same class folders; only in train/: "
+                         f"{only_train}, only in test/: {only_test}.")
+    if not classes["train"]:
+        raise FileNotFoundError(f"imagefolder: {folders['train']} has no class folders (<class>/<image>).")
+    split = "train" if train else "test"
+    return load_image_folder(folders[split], classes[split], image_size=image_size, cache_root=root)
+
+
+def _load_stl10(root: Path, *, train: bool, download: bool, image_size: int) -> tuple[Tensor, Tensor]:
+    from torchvision import datasets
+
+    folder = root / "stl10_binary"
+    if not folder.is_dir() and not download:
+        raise FileNotFoundError(f"stl10: no local copy in {root}; expected torchvision's layout ({folder}/). "
+                                f"Point --data-dir at it, or pass --download to fetch it with torchvision.")
+    ds = datasets.STL10(str(root), split="train" if train else "test", download=download)
+    images = torch.from_numpy(ds.data)  # (N, 3, 96, 96) uint8, read with numpy (no pickle)
+    if image_size != images.shape[-1]:
+        resized = torch.nn.functional.interpolate(images.float(), size=(image_size, image_size), mode="bilinear",
+                                                  antialias=True, align_corners=False)
+        images = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return images, torch.from_numpy(ds.labels.astype(np.int64))
+
+
+def class_balanced_subset(labels: Tensor, size: int, seed: int = 0) -> Tensor:
+    """Indices of ``size`` samples, as equal a share of each class as possible, drawn with ``seed``, in order.
+
+    Example:
+        >>> class_balanced_subset(torch.tensor([0, 0, 0, 1, 1, 1]), 4, seed=0).tolist()
+        [0, 2, 4, 5]
+    """
+    classes = labels.unique()
+    if not 0 < size <= labels.numel():
+        raise ValueError(f"subset: expected 1 to {labels.numel()} images (the split's size), got {size}.")
+    generator = torch.Generator().manual_seed(seed)
+    share, extra = divmod(size, classes.numel())
+    chosen = []
+    for rank, label in enumerate(classes.tolist()):
+        members = (labels == label).nonzero().flatten()
+        take = min(members.numel(), share + (rank < extra))
+        chosen.append(members[torch.randperm(members.numel(), generator=generator)[:take]])
+    index = torch.cat(chosen).sort().values
+    if index.numel() < size:  # small classes could not give their share: fill from the rest
+        rest = torch.ones(labels.numel(), dtype=torch.bool)
+        rest[index] = False
+        pool = rest.nonzero().flatten()
+        index = torch.cat([index, pool[torch.randperm(pool.numel(), generator=generator)[: size - index.numel()]]])
+        index = index.sort().values
+    return index
+
+
+def to_float_images(images: Tensor) -> Tensor:
+    """uint8 images (0-255) as float32 in [0, 1]; floating-point images pass through unchanged.
+
+    Example:
+        >>> to_float_images(torch.tensor([0, 255], dtype=torch.uint8)).tolist()
+        [0.0, 1.0]
+    """
+    if images.dtype == torch.uint8:
+        return images.float().div_(255)
+    if not images.is_floating_point():
+        raise TypeError(f"images: expected uint8 or floating-point tensors, got {images.dtype}.")
+    return images
 
 
 def batches(
-    dataset: Dataset,
+    images: Tensor,
+    labels: Tensor,
     batch_size: int,
     *,
     shuffle: bool = True,
     drop_last: bool = True,
     seed: int = 0,
-    device: str | torch.device = "cpu",
-    num_workers: int = 0,
-):
-    """Yield ``(images, labels)`` batches on ``device``; in-memory tensor datasets skip the DataLoader entirely."""
-    generator = torch.Generator().manual_seed(seed)
-    if isinstance(dataset, TensorDataset):
-        images, labels = dataset.tensors
-        n = images.shape[0]
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
-            index = order[start : start + batch_size]
-            yield images[index].to(device, non_blocking=True), labels[index].to(device, non_blocking=True)
-        return
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                                         generator=generator, num_workers=num_workers,
-                                         pin_memory=torch.device(device).type == "cuda")
-    for images, labels in loader:
-        yield images.to(device, non_blocking=True), torch.as_tensor(labels).to(device, non_blocking=True)
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(images, labels)`` mini-batches of in-memory tensors, on whatever device they are.
+
+    The order is drawn on the CPU from ``seed``, so it is the same on every device and needs no synchronisation.
+
+    Example:
+        >>> x, y = torch.arange(5).view(5, 1), torch.arange(5)
+        >>> [b[1].tolist() for b in batches(x, y, 2, shuffle=False)]
+        [[0, 1], [2, 3]]
+    """
+    n = images.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
+    order = order.to(images.device)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        index = order[start : start + batch_size]
+        yield images[index], labels[index]

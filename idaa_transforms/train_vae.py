@@ -1,13 +1,17 @@
 """Train an :class:`~idaa_transforms.IdentityVAE` and write it as a Hub-layout checkpoint folder.
 
-The objective is the original IDAA training's: pixel MSE plus ``0.1`` times the KL term, AdamW, and a learning rate
-decaying linearly to zero. The output folder holds ``config.json``, ``model.safetensors``, a model card
-(``README.md``) with the data, the command and held-out reconstruction figures, a reconstruction grid
+The recipe is the IDAA authors' (their ``train_vae.py --mode simclr``): the VAE learns to reconstruct SimCLR views of
+the training images (random resized crop, horizontal flip, colour jitter 0.8/0.8/0.8/0.2 with p 0.8, greyscale with
+p 0.2; made on the device), the loss is pixel MSE plus ``0.1`` times the KL term, AdamW with betas (0, 0.9) and a
+learning rate decaying linearly to zero. The output folder holds ``config.json``, ``model.safetensors``, a model card
+(``README.md``) with the data, the command and held-out figures (PSNR against bilinear down/up-sampling, the colour
+kept by ``G(x)``, on the test images and on SimCLR views of them), a labelled reconstruction grid
 (``reconstructions.png``), per-epoch metrics (``metrics.jsonl``) and ``trainer_state.pt`` for ``--resume``.
 
-Example (CIFAR-10, the paper's VAE, on a GPU)::
+Example (CIFAR-10, the paper's VAE, on a GPU; the data folder holds torchvision's layout or train/ and test/ class
+folders)::
 
-    python -m idaa_transforms.train_vae --dataset cifar10 --epochs 300 --amp --out runs/vae-cifar10
+    python -m idaa_transforms.train_vae --dataset cifar10 --data-dir data/cifar10 --epochs 300 --amp --out runs/vae-cifar10
 
 Offline (the photographs that install with scikit-image / scikit-learn)::
 
@@ -24,85 +28,134 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from torch.utils.data import Dataset
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from idaa_transforms._cli import HelpFormatter
+from idaa_transforms._cli import HelpFormatter, non_negative_float, positive_float, positive_int
+from idaa_transforms._files import (atomic_torch_save, atomic_write_bytes, atomic_write_jsonl, atomic_write_text,
+                                    changed_settings,
+                                    load_torch_state, prepare_run_dir)
 from idaa_transforms._rng import rng_state, set_rng_state
-from idaa_transforms.data import (EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS, batches, dataset_to_tensors, make_dataset,
-                                  photo_crops)
+from idaa_transforms.data import DATASETS, EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS, batches, load_images, \
+    photo_crops, to_float_images
 from idaa_transforms.vae import IdentityVAE, VAEConfig, vae_loss
 
-__all__ = ["build_parser", "train_vae", "reconstruction_metrics", "baseline_metrics", "main"]
+__all__ = ["build_parser", "train_vae", "reconstruction_metrics", "baseline_metrics", "colour_ratio",
+           "vae_training_views", "main"]
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
+STATE = "trainer_state.pt"
+METRICS = "metrics.jsonl"
+#: Files whose presence means a previous run lives in the output folder.
+RUN_FILES = (STATE, METRICS, "model.safetensors", "config.json", "README.md", "reconstructions.png")
+#: Settings that may change when a run is resumed: they do not change what it computes.
+RESUMABLE = ("resume", "overwrite", "save_every", "no_progress", "out", "data_dir", "download", "device")
+AUGMENTS = ("simclr", "flip")
+#: AdamW betas of the original training.
+BETAS = (0.0, 0.9)
+#: Images of the held-out split measured after every epoch (all of them are measured at the end).
+EPOCH_HELD_OUT = 2048
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="idaa-train-vae",
-        description="Train the identity VAE of IDAA (MSE + KL) and save it as a Hub-layout checkpoint folder.",
-        formatter_class=HelpFormatter,
+        description="Train the VAE of IDAA (MSE + KL on SimCLR views) and save it as a Hub-layout checkpoint folder.",
+        formatter_class=HelpFormatter, allow_abbrev=False,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100", "stl10", "imagefolder", "photos"],
-                      help="torchvision datasets are downloaded to --data-dir; 'photos' is the offline corpus")
-    data.add_argument("--data-dir", default="data", help="dataset root (imagefolder: <dir>/train/<class>/*.png)")
-    data.add_argument("--no-download", action="store_true", help="never download; fail if the data is missing")
-    data.add_argument("--crops-per-photo", type=_positive_int, default=2048, help="'photos': training crops per photograph")
-    data.add_argument("--held-out-crops", type=_positive_int, default=256, help="'photos': held-out crops per photograph")
+    data.add_argument("--dataset", default="cifar10", choices=DATASETS,
+                      help="'photos' is the offline corpus; the others read a local copy in --data-dir")
+    data.add_argument("--data-dir", default="data",
+                      help="cifar10/cifar100: torchvision's layout or train/<class>/ and test/<class>/ image folders; "
+                           "imagefolder: train/<class>/ and test/<class>/ of any image type")
+    data.add_argument("--download", action="store_true", help="let torchvision download CIFAR/STL-10 if not found")
+    data.add_argument("--subset", type=positive_int, default=None,
+                      help="train on a class-balanced, seeded subset of this many training images")
+    data.add_argument("--crops-per-photo", type=positive_int, default=2048, help="'photos': training crops per photograph")
+    data.add_argument("--held-out-crops", type=positive_int, default=256, help="'photos': held-out crops per photograph")
+    data.add_argument("--augment", default="simclr", choices=AUGMENTS,
+                      help="simclr: the authors' SimCLR views (crop, flip, jitter 0.8, greyscale); flip: flips only")
     model = parser.add_argument_group("model")
-    model.add_argument("--image-size", type=_positive_int, default=32)
-    model.add_argument("--width", type=_positive_int, default=128, help="bottleneck channels")
-    model.add_argument("--latent-dim", type=_positive_int, default=512)
-    model.add_argument("--num-downsamplings", type=_positive_int, default=2)
+    model.add_argument("--image-size", type=positive_int, default=32)
+    model.add_argument("--width", type=positive_int, default=128, help="bottleneck channels")
+    model.add_argument("--latent-dim", type=positive_int, default=512)
+    model.add_argument("--num-downsamplings", type=positive_int, default=2)
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=_positive_int, default=300)
-    optim.add_argument("--batch-size", type=_positive_int, default=128)
-    optim.add_argument("--lr", type=float, default=5e-4)
-    optim.add_argument("--weight-decay", type=float, default=1e-2)
-    optim.add_argument("--kl-weight", type=float, default=0.1)
+    optim.add_argument("--epochs", type=positive_int, default=300)
+    optim.add_argument("--batch-size", type=positive_int, default=128)
+    optim.add_argument("--lr", type=positive_float, default=5e-4)
+    optim.add_argument("--weight-decay", type=non_negative_float, default=1e-2)
+    optim.add_argument("--kl-weight", type=non_negative_float, default=0.1)
     run = parser.add_argument_group("run")
     run.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                      help="cuda, cpu, cuda:1... (default: cuda if available)")
+    run.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--workers", type=int, default=4, help="DataLoader workers for on-disk datasets")
     run.add_argument("--out", default="runs/vae", help="output folder (a Hub-layout checkpoint)")
-    run.add_argument("--resume", action="store_true", help="continue from <out>/trainer_state.pt")
-    run.add_argument("--save-every", type=_positive_int, default=10, help="epochs between checkpoints")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its trainer_state.pt")
+    run.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    run.add_argument("--stop-after", type=positive_int, default=None,
+                     help="stop (resumably) after this many epochs of this invocation, e.g. to fit a time limit")
+    run.add_argument("--save-every", type=positive_int, default=10, help="epochs between checkpoints")
     run.add_argument("--no-progress", action="store_true", help="disable progress bars")
     return parser
 
 
-def _datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset, str]:
-    """Training and held-out sets, and a sentence describing them for the model card."""
+# -- data ---------------------------------------------------------------------------------------------------------
+def _datasets(args: argparse.Namespace) -> tuple[Tensor, Tensor, str]:
+    """uint8 training and held-out images, and a sentence describing them for the model card."""
     if args.dataset == "photos":
         train_names = VAE_PHOTOS + GRAY_PHOTOS
-        train = photo_crops(train_names, args.crops_per_photo, args.image_size, split="all", seed=args.seed)
-        held_out = photo_crops(EVAL_PHOTOS, args.held_out_crops, args.image_size, split="all", seed=args.seed + 1)
+        as_uint8 = lambda ds: ds.tensors[0].mul(255).round_().to(torch.uint8)  # noqa: E731
+        train = as_uint8(photo_crops(train_names, args.crops_per_photo, args.image_size, split="all", seed=args.seed))
+        held_out = as_uint8(photo_crops(EVAL_PHOTOS, args.held_out_crops, args.image_size, split="all",
+                                        seed=args.seed + 1))
         about = (
             f"{len(train)} random crops (sides 32-160 px, resized to {args.image_size} px) of the photographs "
             f"{', '.join(train_names)} (scikit-image / scikit-learn bundled data; greyscale ones replicated to RGB). "
             f"Held out: {len(held_out)} crops of photographs never seen in training: {', '.join(EVAL_PHOTOS)}."
         )
         return train, held_out, about
-    common = dict(root=args.data_dir, download=not args.no_download, image_size=args.image_size)
-    train = make_dataset(args.dataset, train=True, **common)
-    held_out = make_dataset(args.dataset, train=False, **common)
-    about = f"{args.dataset} training split ({len(train)} images); held out: its test split ({len(held_out)} images)."
+    common = dict(image_size=args.image_size, download=args.download)
+    train, _ = load_images(args.dataset, args.data_dir, train=True, subset=args.subset, seed=args.seed, **common)
+    held_out, _ = load_images(args.dataset, args.data_dir, train=False, **common)
+    subset = f"a class-balanced subset (seed {args.seed}) of " if args.subset else ""
+    about = (f"{subset}the {args.dataset} training split ({len(train)} images); held out: its test split "
+             f"({len(held_out)} images), never seen in training.")
     return train, held_out, about
 
 
+def vae_training_views(image_size: int, augment: str = "simclr") -> nn.Module:
+    """The views the VAE is trained on, made on the device from a ``[0, 1]`` batch.
+
+    ``simclr`` is the authors' ``--mode simclr``: ``RandomResizedCrop(size)`` (scale 0.08-1), horizontal flip,
+    ``ColorJitter(0.8, 0.8, 0.8, 0.2)`` with p 0.8 and greyscale with p 0.2; ``flip`` is a horizontal flip only.
+
+    Example:
+        >>> views = vae_training_views(32)
+        >>> views(torch.rand(4, 3, 32, 32)).shape
+        torch.Size([4, 3, 32, 32])
+    """
+    import kornia.augmentation as K
+
+    if augment == "flip":
+        return K.RandomHorizontalFlip()
+    if augment != "simclr":
+        raise ValueError(f"augment: expected one of {AUGMENTS}, got {augment!r}.")
+    return nn.Sequential(
+        K.RandomResizedCrop((image_size, image_size), scale=(0.08, 1.0)),
+        K.RandomHorizontalFlip(),
+        K.ColorJitter(0.8, 0.8, 0.8, 0.2, p=0.8),
+        K.RandomGrayscale(p=0.2),
+    )
+
+
+# -- measurements -------------------------------------------------------------------------------------------------
 def _normalisation(config: VAEConfig, device: torch.device | str) -> tuple[Tensor, Tensor]:
     """The VAE's input normalisation as ``(1, C, 1, 1)`` mean and std tensors."""
     mean = torch.tensor(config.input_mean, device=device).view(1, -1, 1, 1)
@@ -111,23 +164,43 @@ def _normalisation(config: VAEConfig, device: torch.device | str) -> tuple[Tenso
 
 
 @torch.no_grad()
-def _identity_pixels(vae: IdentityVAE, x: Tensor) -> Tensor:
-    """``G(x)`` of [0, 1] images, in [0, 1] pixel space, from the posterior mean."""
+def reconstruct(vae: IdentityVAE, x: Tensor) -> Tensor:
+    """``G(x)`` of ``[0, 1]`` images (uint8 accepted), in ``[0, 1]`` pixel space, from the posterior mean."""
+    x = to_float_images(x)
     mean, std = _normalisation(vae.config, x.device)
     return (vae.decode(vae.encode((x - mean) / std).mu) * std + mean).float()
 
 
-def reconstruction_metrics(vae: IdentityVAE, images: Tensor, batch_size: int = 512) -> dict[str, float]:
-    """Pixel-space MSE and PSNR (dB, [0, 1] images) of ``G(x)`` over ``images`` in [0, 1]."""
+def _over_batches(vae: IdentityVAE, images: Tensor, batch_size: int, fn) -> list[Tensor]:
     was_training = vae.training
     vae.eval()
-    total = torch.zeros((), device=images.device)
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start : start + batch_size]
-        total += F.mse_loss(_identity_pixels(vae, x), x.float(), reduction="sum")
-    vae.train(was_training)
-    mse = total.item() / images.numel()
+    try:
+        return [fn(to_float_images(images[i : i + batch_size]), reconstruct(vae, images[i : i + batch_size]))
+                for i in range(0, images.shape[0], batch_size)]
+    finally:
+        vae.train(was_training)
+
+
+def reconstruction_metrics(vae: IdentityVAE, images: Tensor, batch_size: int = 512) -> dict[str, float]:
+    """Pixel-space MSE and PSNR (dB, [0, 1] images) of ``G(x)`` over ``images`` (uint8 or [0, 1] floats)."""
+    sums = _over_batches(vae, images, batch_size, lambda x, g: F.mse_loss(g, x, reduction="sum"))
+    mse = torch.stack(sums).sum().item() / images.numel()
     return {"mse": mse, "psnr": 10 * math.log10(1 / max(mse, 1e-12))}
+
+
+def _chroma(x: Tensor) -> Tensor:
+    """Per-image sum over pixels of the standard deviation across R, G, B (0 for a grey image)."""
+    return x.std(dim=1, unbiased=False).flatten(1).sum(1)
+
+
+def colour_ratio(vae: IdentityVAE, images: Tensor, batch_size: int = 512) -> float:
+    """How much colour ``G(x)`` keeps: the mean per-pixel std across R, G, B of ``G(x)`` over that of ``x``.
+
+    1.0 means as colourful as the input; a VAE that returns grey images scores 0.
+    """
+    sums = _over_batches(vae, images, batch_size, lambda x, g: torch.stack([_chroma(g).sum(), _chroma(x).sum()]))
+    total = torch.stack(sums).sum(0)
+    return (total[0] / total[1].clamp_min(1e-12)).item()
 
 
 def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
@@ -141,7 +214,8 @@ def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
 
 
 def baseline_metrics(images: Tensor) -> dict[str, float]:
-    """PSNR (dB) of simple detail-removing baselines on ``images`` in [0, 1], for comparison with a VAE's ``G(x)``."""
+    """PSNR (dB) of simple detail-removing baselines on ``images`` (uint8 or [0, 1]), to compare with ``G(x)``."""
+    images = to_float_images(images)
     size = images.shape[-2:]
     results = {}
     results["per_image_mean_colour"] = F.mse_loss(images.mean(dim=(2, 3), keepdim=True).expand_as(images), images).item()
@@ -154,19 +228,56 @@ def baseline_metrics(images: Tensor) -> dict[str, float]:
     return {k: 10 * math.log10(1 / max(v, 1e-12)) for k, v in results.items()}
 
 
-def save_reconstruction_grid(vae: IdentityVAE, images: Tensor, path: Path, count: int = 16) -> None:
-    """PNG with rows x, G(x), R(x) (amplified 4x around grey)."""
-    from torchvision.utils import save_image
+def held_out_report(vae: IdentityVAE, images: Tensor, image_size: int, seed: int = 0) -> dict[str, Any]:
+    """PSNR, colour ratio and the baselines on ``images`` and on seeded SimCLR views of them."""
+    with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        views = torch.cat([vae_training_views(image_size)(to_float_images(images[i : i + 1024])).clamp_(0, 1)
+                           for i in range(0, images.shape[0], 1024)])
+    report = {}
+    for name, x in (("images", images), ("simclr_views", views)):
+        report[name] = {**reconstruction_metrics(vae, x), "colour_ratio": colour_ratio(vae, x),
+                        "baselines_psnr": baseline_metrics(x)}
+    report["count"] = images.shape[0]
+    return report
 
-    x = images[:count]
-    g = _identity_pixels(vae.eval(), x)
-    residual = (4 * (x - g) + 0.5).clamp(0, 1)
-    save_image(torch.cat([x, g.clamp(0, 1), residual]), path, nrow=x.shape[0], padding=1)
+
+def save_reconstruction_grid(vae: IdentityVAE, images: Tensor, path: Path, count: int = 12, scale: int = 3) -> None:
+    """PNG with labelled rows: x, G(x), R(x) (amplified 4x around grey), each image enlarged ``scale`` times."""
+    import io
+
+    from PIL import Image, ImageDraw
+    from torchvision.utils import make_grid
+
+    x = to_float_images(images[:count])
+    g = _over_batches(vae, images[:count], count, lambda x, g: g)[0]
+    rows = [("x", x), ("G(x)", g.clamp(0, 1)), ("R(x) x4", (4 * (x - g) + 0.5).clamp(0, 1))]
+    label_width, tiles = 64, []
+    for label, row in rows:
+        grid = make_grid(F.interpolate(row, scale_factor=scale, mode="nearest"), nrow=row.shape[0], padding=2,
+                         pad_value=1.0)
+        tile = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
+        canvas = Image.new("RGB", (tile.width + label_width, tile.height), "white")
+        canvas.paste(tile, (label_width, 0))
+        ImageDraw.Draw(canvas).text((4, tile.height // 2 - 6), label, fill="black")
+        tiles.append(canvas)
+    sheet = Image.new("RGB", (tiles[0].width, sum(t.height for t in tiles)), "white")
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, (0, sum(t.height for t in tiles[:i])))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
-def _model_card(args, config: VAEConfig, about: str, epochs_done: int, held_out: dict, baselines: dict,
-                command: str, seconds: float) -> str:
-    rows = "\n".join(f"| {name} | {psnr:.2f} |" for name, psnr in baselines.items())
+# -- the model card -----------------------------------------------------------------------------------------------
+def _model_card(args: argparse.Namespace, config: VAEConfig, about: str, epochs_done: int, report: dict[str, Any],
+                command: str, seconds: float, images_per_second: float) -> str:
+    def table(part: dict[str, Any]) -> str:
+        rows = [f"| **this VAE, G(x)** | **{part['psnr']:.2f}** (MSE {part['mse']:.5f}) |"]
+        rows += [f"| {name} | {psnr:.2f} |" for name, psnr in part["baselines_psnr"].items()]
+        return "| model | PSNR (dB) |\n|---|---|\n" + "\n".join(rows)
+
+    images, views = report["images"], report["simclr_views"]
     return f"""---
 library_name: idaa_transforms
 tags:
@@ -178,7 +289,8 @@ tags:
 # IdentityVAE ({args.dataset}, {config.image_size} px, latent {config.latent_dim}, width {config.width})
 
 The generative model of an `idaa_transforms.IDAATransform` (identity-disentangled adversarial augmentation):
-`G(x) = decode(encode(x))` is the identity part of an image, `R(x) = x - G(x)` the residual detail.
+`G(x) = decode(encode(x))` is the VAE's reconstruction, blurry by design, and the residual `R(x) = x - G(x)` keeps
+most of the identity-distinctive detail. IDAA moves the latent of `G(x)` and adds the original `R(x)` back.
 
 ```python
 from idaa_transforms import IDAATransform
@@ -189,73 +301,100 @@ idaa = IDAATransform.from_pretrained("<this repo or folder>", encoder=model, eps
 {about}
 
 ## Training
+- views: {'the authors SimCLR views (RandomResizedCrop scale 0.08-1, flip, ColorJitter 0.8/0.8/0.8/0.2 p 0.8, greyscale p 0.2)' if args.augment == 'simclr' else 'horizontal flips'}, made on the device
 - objective: pixel MSE + {args.kl_weight} x KL (KL normalised by batch x channels x latent size, as in the original)
-- optimiser: AdamW (betas 0.5, 0.9), lr {args.lr} decaying linearly to 0, weight decay {args.weight_decay}, batch {args.batch_size}
-- epochs: {epochs_done}; device: {args.device}{' (bf16 autocast)' if args.amp else ''}; wall time {seconds / 60:.1f} min
+- optimiser: AdamW (betas {BETAS[0]}, {BETAS[1]}), lr {args.lr} decaying linearly to 0, weight decay {args.weight_decay}, batch {args.batch_size}
+- epochs: {epochs_done} of {args.epochs}; device: {args.device}{' (bf16 autocast)' if args.amp else ''}; training time {seconds / 60:.1f} min ({images_per_second:.0f} images/s)
 - command: `{command}`
 
 ## Held-out reconstruction
-PSNR of `G(x)` against `x`, in [0, 1] pixel space, on the held-out images described above:
+On the {report['count']} held-out images described above, in [0, 1] pixel space. PSNR of `G(x)` against `x`,
+beside baselines that remove detail without learning anything (each image's mean colour, bilinear down- and
+up-sampling by 2, 4 and 8, Gaussian blurs). Colour kept: the mean per-pixel standard deviation across R, G, B of
+`G(x)` over that of `x` (1.0: all colour kept).
 
-| model | PSNR (dB) |
-|---|---|
-| **this VAE, G(x)** | **{held_out['psnr']:.2f}** (MSE {held_out['mse']:.5f}) |
-{rows}
+**Test images**: colour kept {images['colour_ratio']:.3f}
 
-The baselines remove detail without learning anything: each image's mean colour (the floor), bilinear down- and
-up-sampling by 2, 4 and 8, and Gaussian blurs. Where `G(x)` falls between two of them tells how much detail it keeps;
-`R(x) = x - G(x)` carries the rest, so `G(x) + R(x) == x` whatever the PSNR.
+{table(images)}
+
+**SimCLR views of the test images** (the views the VAE is attacked on in training; seeded): colour kept
+{views['colour_ratio']:.3f}
+
+{table(views)}
+
+`G(x) + R(x) == x` whatever the PSNR: a sharper VAE is not automatically a better one for IDAA, whose point is that
+the latent step changes `G(x)` while `R(x)` keeps the identity.
 """
+
+
+# -- training -----------------------------------------------------------------------------------------------------
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k not in ("stop_after", "threads")}
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: {name!r} is not a device; use cpu, cuda or cuda:<index>.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device: CUDA is not available on this machine; use --device cpu.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device: {name!r} is not supported; use cpu, cuda or cuda:<index>.")
+    return device
 
 
 def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
     """Run the training described by ``args`` (see :func:`build_parser`); returns the output folder."""
-    torch.manual_seed(args.seed)
-    device = torch.device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    train_set, held_set, about = _datasets(args)
-    held_images = dataset_to_tensors(held_set)[0][:2048].to(device)
-    config = VAEConfig(image_size=args.image_size, width=args.width, latent_dim=args.latent_dim,
-                       num_downsamplings=args.num_downsamplings)
-    vae = IdentityVAE(config).to(device)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1 - epoch / args.epochs)
-    state_path = out / "trainer_state.pt"
-    start_epoch, seconds = 0, 0.0
+    device = _device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = prepare_run_dir(args.out, resume=args.resume, overwrite=args.overwrite, markers=RUN_FILES)
+    state_path = out / STATE
+    state = None
     if args.resume:
         if not state_path.is_file():
             raise FileNotFoundError(f"--resume: {state_path} does not exist; train without --resume first.")
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        saved = state.get("config", config.to_dict())
-        if saved != config.to_dict():
-            changed = {k: (saved.get(k), v) for k, v in config.to_dict().items() if saved.get(k) != v}
-            raise ValueError(f"--resume: {state_path} holds a VAE with other settings (name: (saved, now)): {changed}.")
+        state = load_torch_state(state_path, map_location=device)
+        changed = changed_settings(state.get("settings", {}), _settings(args), ignore=RESUMABLE)
+        if changed:
+            raise ValueError(f"--resume: {state_path} was made with other settings (name: (saved, now)): {changed}; "
+                             f"resume with the same settings or start a new --out.")
+    torch.manual_seed(args.seed)
+    train_images, held_images, about = _datasets(args)
+    if args.batch_size > train_images.shape[0]:
+        raise ValueError(f"--batch-size: {args.batch_size} is larger than the training set "
+                         f"({train_images.shape[0]} images); use a smaller batch.")
+    train_images, held_images = train_images.to(device), held_images.to(device)
+    config = VAEConfig(image_size=args.image_size, width=args.width, latent_dim=args.latent_dim,
+                       num_downsamplings=args.num_downsamplings)
+    vae = IdentityVAE(config).to(device)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=BETAS, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1 - epoch / args.epochs)
+    start_epoch, seconds, images_seen, rows = 0, 0.0, 0, []
+    if state is not None:
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch, seconds = state["epoch"], state["seconds"]
-        set_rng_state(state["rng"], device)  # the flips are drawn on the device
+        start_epoch, seconds, images_seen = state["epoch"], state["seconds"], state.get("images_seen", 0)
+        rows = list(state.get("metrics", []))
+        set_rng_state(state["rng"], device)  # the views are drawn on the device
     mean, std = _normalisation(config, device)
+    views = vae_training_views(args.image_size, args.augment)
     command = command or "python -m idaa_transforms.train_vae " + shlex.join(sys.argv[1:])
-    metrics_path = out / "metrics.jsonl"
-    # A fresh run starts the file anew; a resumed one drops the epochs after its checkpoint, which it runs again.
-    kept = []
-    if start_epoch and metrics_path.is_file():
-        kept = [line for line in metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["epoch"] <= start_epoch]
-    metrics_path.write_text("".join(line + "\n" for line in kept))
-    for epoch in range(start_epoch, args.epochs):
+    # The metrics file is the checkpoint's copy: epochs logged after the last checkpoint are run (and logged) again.
+    atomic_write_jsonl(out / METRICS, rows)
+    last_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
+    for epoch in range(start_epoch, last_epoch):
         vae.train()
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         steps = 0
-        data = batches(train_set, args.batch_size, seed=args.seed * 100003 + epoch, device=device,
-                       num_workers=args.workers if device.type == "cuda" else 0)
-        bar = tqdm(data, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.no_progress, leave=False)
+        data = batches(train_images, train_images, args.batch_size, seed=args.seed * 100003 + epoch)
+        bar = tqdm(data, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.no_progress, leave=False,
+                   total=train_images.shape[0] // args.batch_size)
         for images, _ in bar:
-            flip = torch.rand(images.shape[0], 1, 1, 1, device=device) < 0.5
-            x = (torch.where(flip, images.flip(-1), images) - mean) / std
+            x = (views(to_float_images(images)) - mean) / std
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
                 out_vae = vae(x)
                 loss = vae_loss(x, out_vae.reconstruction.float(), out_vae.mu.float(), out_vae.logvar.float(),
@@ -266,36 +405,48 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
             loss_sum += loss.detach()
             steps += 1
         scheduler.step()
-        seconds += time.perf_counter() - started
-        held = reconstruction_metrics(vae, held_images)
-        record = {"epoch": epoch + 1, "loss": loss_sum.item() / max(steps, 1), "held_out_mse": held["mse"],
-                  "held_out_psnr": held["psnr"], "lr": scheduler.get_last_lr()[0], "seconds": seconds}
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        epoch_seconds = time.perf_counter() - started
+        seconds += epoch_seconds
+        images_seen += steps * args.batch_size
+        epoch_loss = loss_sum.item() / steps
+        if not math.isfinite(epoch_loss):
+            raise FloatingPointError(f"epoch {epoch + 1}: the loss is {epoch_loss}; lower --lr (now {args.lr}) or "
+                                     f"check the data. Nothing of this epoch was saved.")
+        held = reconstruction_metrics(vae, held_images[:EPOCH_HELD_OUT])
+        rows.append({"epoch": epoch + 1, "loss": epoch_loss, "held_out_mse": held["mse"],
+                     "held_out_psnr": held["psnr"], "lr": scheduler.get_last_lr()[0], "seconds": seconds,
+                     "images_per_second": steps * args.batch_size / epoch_seconds})
+        atomic_write_jsonl(out / METRICS, rows)
         if not args.no_progress:
-            tqdm.write(f"epoch {epoch + 1}: loss {record['loss']:.4f}  held-out PSNR {held['psnr']:.2f} dB")
-        last = epoch + 1 == args.epochs
-        if last or (epoch + 1) % args.save_every == 0:
-            torch.save({"model": vae.state_dict(), "config": config.to_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "seconds": seconds,
-                        "rng": rng_state(device)},
-                       state_path)
+            tqdm.write(f"epoch {epoch + 1}: loss {epoch_loss:.4f}  held-out PSNR {held['psnr']:.2f} dB")
+        if epoch + 1 == last_epoch or (epoch + 1) % args.save_every == 0:
+            atomic_torch_save({"model": vae.state_dict(), "config": config.to_dict(), "settings": _settings(args),
+                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                               "epoch": epoch + 1, "seconds": seconds, "images_seen": images_seen,
+                               "metrics": rows, "rng": rng_state(device)}, state_path)
+    epochs_done = max(last_epoch, start_epoch)
     vae.eval()
-    held = reconstruction_metrics(vae, held_images)
-    card = _model_card(args, config, about, args.epochs, held, baseline_metrics(held_images.float()), command, seconds)
-    (out / "README.md").write_text(card)
+    report = held_out_report(vae, held_images, args.image_size, seed=args.seed)
+    rate = images_seen / seconds if seconds else 0.0
     vae.save_pretrained(out)
+    atomic_write_text(out / "README.md", _model_card(args, config, about, epochs_done, report, command, seconds, rate))
+    atomic_write_text(out / "held_out.json", json.dumps(
+        {"epochs": epochs_done, "seconds": seconds, "images_per_second": rate, **report}, indent=2) + "\n")
     save_reconstruction_grid(vae, held_images, out / "reconstructions.png")
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Command-line entry point (``idaa-train-vae``)."""
-    args = build_parser().parse_args(argv)
-    out = train_vae(args, command=None if argv is None else "idaa-train-vae " + shlex.join(argv))
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (``idaa-train-vae``); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        out = train_vae(args, command="idaa-train-vae " + shlex.join(sys.argv[1:] if argv is None else argv))
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(f"checkpoint written to {out}")
-    return out
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

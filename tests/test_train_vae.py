@@ -1,40 +1,91 @@
-"""The VAE trainer: a tiny offline run writes a loadable Hub-layout checkpoint, resumes exactly, and reports honestly."""
+"""The VAE trainer: a tiny offline run writes a loadable Hub-layout checkpoint, resumes exactly, refuses to lose a
+finished run, rejects bad settings in one line, and reports honestly."""
 
 from __future__ import annotations
 
 import json
 import math
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from idaa_transforms import IdentityVAE
-from idaa_transforms.train_vae import baseline_metrics, main, reconstruction_metrics
+from idaa_transforms import IdentityVAE, VAEConfig
+from idaa_transforms.train_vae import (baseline_metrics, build_parser, colour_ratio, main, reconstruction_metrics,
+                                       train_vae, vae_training_views)
 
-TINY = ["--dataset", "photos", "--width", "16", "--latent-dim", "8", "--crops-per-photo", "16", "--held-out-crops", "8", "--batch-size", "32",
-        "--device", "cpu", "--no-progress", "--seed", "1"]
+TINY = ["--dataset", "photos", "--width", "16", "--latent-dim", "8", "--crops-per-photo", "16", "--held-out-crops", "8",
+        "--batch-size", "32", "--device", "cpu", "--no-progress", "--seed", "1"]
 
 
-def test_tiny_run_writes_a_hub_checkpoint(tmp_path):
-    out = main([*TINY, "--epochs", "2", "--out", str(tmp_path / "vae")])
+def run(args: list[str]) -> Path:
+    """The trainer as a library call: errors surface as exceptions, not as an exit status."""
+    return train_vae(build_parser().parse_args(args), command="test")
+
+
+def epochs_logged(out: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_writes_a_hub_checkpoint(tmp_path, capsys):
+    out = tmp_path / "vae"
+    assert main([*TINY, "--epochs", "2", "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "README.md", "reconstructions.png", "metrics.jsonl"} <= names
+    assert {"config.json", "model.safetensors", "README.md", "reconstructions.png", "metrics.jsonl",
+            "held_out.json"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
     vae = IdentityVAE.from_pretrained(out)
     assert vae.config.latent_dim == 8
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2]
+    assert [r["epoch"] for r in records] == [1, 2] and all(r["images_per_second"] > 0 for r in records)
     card = (out / "README.md").read_text()
     assert "idaa-train-vae --dataset photos" in card  # the command that made it
-    assert f"{records[-1]['held_out_psnr']:.2f}" in card  # the figure it reports is the one it measured
+    held = json.loads((out / "held_out.json").read_text())
+    assert f"{held['images']['psnr']:.2f}" in card and f"{held['simclr_views']['colour_ratio']:.3f}" in card
     assert "downsample_4x_bilinear" in card and "chelsea" in card  # baselines and the held-out photographs
+    assert "SimCLR views" in card and "epochs: 2 of 2" in card
     assert Image.open(out / "reconstructions.png").size[0] > 0
+
+
+def test_console_script_exits_zero(tmp_path):
+    script = shutil.which("idaa-train-vae", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the package is not installed with its console scripts")
+    done = subprocess.run([script, *TINY, "--epochs", "1", "--out", str(tmp_path / "vae")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == "" or "checkpoint" not in done.stderr
+
+
+@pytest.mark.parametrize("augment", ["simclr", "flip"])
+def test_each_augmentation_trains_a_tiny_vae(tmp_path, augment):
+    out = run([*TINY, "--augment", augment, "--epochs", "3", "--lr", "2e-3", "--out", str(tmp_path / augment)])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    assert records[-1]["loss"] < records[0]["loss"] and records[-1]["held_out_mse"] < records[0]["held_out_mse"]
+
+
+def test_simclr_views_follow_the_authors_recipe():
+    torch.manual_seed(0)
+    x = torch.rand(512, 3, 32, 32)
+    views = vae_training_views(32, "simclr")(x)
+    grey = (views[:, 0] == views[:, 1]).flatten(1).all(1) & (views[:, 1] == views[:, 2]).flatten(1).all(1)
+    assert views.shape == x.shape and 0.13 < grey.float().mean() < 0.27  # greyscale with p 0.2
+    assert not torch.equal(views, x)
+    flips = vae_training_views(32, "flip")(x)
+    flipped = (flips == x.flip(-1)).flatten(1).all(1)
+    assert ((flips == x).flatten(1).all(1) | flipped).all() and 0.4 < flipped.float().mean() < 0.6
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     from idaa_transforms import train_vae as tv
 
-    main([*TINY, "--epochs", "2", "--out", str(tmp_path / "straight")])
+    run([*TINY, "--epochs", "2", "--out", str(tmp_path / "straight")])
 
     class Interrupted(Exception):
         pass
@@ -50,37 +101,133 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     args = [*TINY, "--epochs", "2", "--save-every", "1", "--out", str(tmp_path / "resumed")]
     monkeypatch.setattr(tv, "reconstruction_metrics", metrics_then_interrupt)
     with pytest.raises(Interrupted):
-        main(args)
+        run(args)
     monkeypatch.undo()
     assert torch.load(tmp_path / "resumed" / "trainer_state.pt", weights_only=True)["epoch"] == 1
-    main([*args, "--resume"])
+    run([*args, "--resume"])
 
     straight = IdentityVAE.from_pretrained(tmp_path / "straight").state_dict()
     resumed = IdentityVAE.from_pretrained(tmp_path / "resumed").state_dict()
     for k in straight:
         assert torch.equal(straight[k], resumed[k]), k
-    losses = [[json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-              for run in ("straight", "resumed")]
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+              for r in ("straight", "resumed")]
     assert losses[0] == losses[1]
 
 
-def test_metrics_hold_each_epoch_once(tmp_path):
+def test_stop_after_then_resume_finishes_the_schedule(tmp_path):
     out = tmp_path / "vae"
-    main([*TINY, "--epochs", "1", "--out", str(out)])
-    main([*TINY, "--epochs", "1", "--out", str(out)])  # a fresh run into the same folder starts a new file
-    epochs = lambda: [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert epochs() == [1]
-    # A run that logged epoch 2 but died before saving it: the resumed run logs epoch 2 again, once.
-    with (out / "metrics.jsonl").open("a") as f:
-        f.write(json.dumps({"epoch": 2, "loss": 0.0}) + "\n")
-    main([*TINY, "--epochs", "2", "--out", str(out), "--resume"])
-    assert epochs() == [1, 2]
+    run([*TINY, "--epochs", "3", "--stop-after", "1", "--out", str(out)])
+    assert epochs_logged(out) == [1] and "epochs: 1 of 3" in (out / "README.md").read_text()
+    run([*TINY, "--epochs", "3", "--stop-after", "1", "--out", str(out), "--resume"])
+    run([*TINY, "--epochs", "3", "--out", str(out), "--resume"])
+    assert epochs_logged(out) == [1, 2, 3] and "epochs: 3 of 3" in (out / "README.md").read_text()
+
+
+def test_a_finished_run_is_never_replaced_without_overwrite(tmp_path):
+    out = tmp_path / "vae"
+    run([*TINY, "--epochs", "1", "--out", str(out)])
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="already holds a run.*--resume.*--overwrite"):
+        run([*TINY, "--epochs", "1", "--seed", "2", "--out", str(out)])
+    assert (out / "model.safetensors").read_bytes() == before and epochs_logged(out) == [1]
+    run([*TINY, "--epochs", "1", "--seed", "2", "--out", str(out), "--overwrite"])
+    assert (out / "model.safetensors").read_bytes() != before
+
+
+def test_resume_takes_the_checkpoints_metrics_over_a_damaged_file(tmp_path):
+    out = tmp_path / "vae"
+    run([*TINY, "--epochs", "2", "--stop-after", "1", "--out", str(out)])
+    with (out / "metrics.jsonl").open("a") as f:  # a run that logged epoch 2 but died before saving it, mid-line
+        f.write(json.dumps({"epoch": 2, "loss": 0.0}) + "\n" + '{"epoch": 3, "lo')
+    run([*TINY, "--epochs", "2", "--out", str(out), "--resume"])
+    assert epochs_logged(out) == [1, 2]
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[1])["loss"] != 0.0
+
+
+def test_an_interrupted_state_write_keeps_the_previous_state(tmp_path, monkeypatch):
+    from idaa_transforms import _files
+
+    out = tmp_path / "vae"
+    run([*TINY, "--epochs", "2", "--save-every", "1", "--stop-after", "1", "--out", str(out)])
+    before = (out / "trainer_state.pt").read_bytes()
+
+    write = _files.atomic_write_bytes
+
+    def write_half_then_die(path, data):  # the kill lands inside the state write; other files are written
+        if Path(path).name != "trainer_state.pt":
+            return write(path, data)
+        Path(path).with_name(".trainer_state.pt.tmp").write_bytes(data[: len(data) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_files, "atomic_write_bytes", write_half_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run([*TINY, "--epochs", "2", "--save-every", "1", "--out", str(out), "--resume"])
+    monkeypatch.undo()
+    assert (out / "trainer_state.pt").read_bytes() == before
+    run([*TINY, "--epochs", "2", "--out", str(out), "--resume"])
+    assert epochs_logged(out) == [1, 2]
 
 
 def test_resume_without_state_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="trainer_state.pt does not exist"):
-        main([*TINY, "--epochs", "1", "--out", str(tmp_path), "--resume"])
+        run([*TINY, "--epochs", "1", "--out", str(tmp_path), "--resume"])
+
+
+@pytest.mark.parametrize("option, value", [("--width", "32"), ("--lr", "1e-3"), ("--batch-size", "16"),
+                                           ("--kl-weight", "0.5"), ("--epochs", "3"), ("--seed", "5"),
+                                           ("--augment", "flip")])
+def test_resume_refuses_settings_that_change_the_result(tmp_path, option, value):
+    run([*TINY, "--epochs", "2", "--stop-after", "1", "--out", str(tmp_path)])
+    args = [*TINY, "--epochs", "2", "--out", str(tmp_path), "--resume"]
+    if option in args:
+        args[args.index(option) + 1] = value
+    else:
+        args += [option, value]
+    with pytest.raises(ValueError, match=f"other settings.*'{option[2:].replace('-', '_')}'"):
+        run(args)
+
+
+def test_resume_of_a_foreign_pickle_is_a_clear_error(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    (tmp_path / "trainer_state.pt").write_bytes(pickle.dumps({"model": Evil()}))
+    with pytest.raises(ValueError, match="trainer_state.pt is not a readable training state") as err:
+        run([*TINY, "--epochs", "1", "--out", str(tmp_path), "--resume"])
+    assert "weights_only=False" not in str(err.value)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "nan"], "--lr: expected a finite number > 0"),
+    (["--lr", "inf"], "--lr: expected a finite number > 0"),
+    (["--kl-weight", "-1"], "--kl-weight: expected a finite number >= 0"),
+    (["--kl-weight", "nan"], "--kl-weight: expected a finite number >= 0"),
+    (["--epochs", "0"], "--epochs: expected a positive integer, got '0'"),
+    (["--batch-siz", "8"], "unrecognized arguments: --batch-siz"),
+])
+def test_bad_values_are_rejected_by_the_parser(capsys, argv, message):
+    with pytest.raises(SystemExit):
+        main([*TINY, *argv, "--out", "unused"])
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "4096"], "--batch-size: 4096 is larger than the training set"),
+    (["--device", "tpu"], "--device: 'tpu' is not"),
+])
+def test_bad_runs_exit_with_one_line(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main([*TINY, *argv, "--epochs", "1", "--out", str(tmp_path / "vae")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_out_that_is_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        run([*TINY, "--epochs", "1", "--out", str(tmp_path / "file")])
 
 
 def test_imagefolder_dataset(tmp_path):
@@ -91,9 +238,9 @@ def test_imagefolder_dataset(tmp_path):
             for i in range(4):
                 colour = (200, 30, 30) if label == "a" else (30, 30, 200)
                 Image.new("RGB", (40, 48), colour).save(folder / f"{i}.png")
-    out = main(["--dataset", "imagefolder", "--data-dir", str(tmp_path / "images"), "--width", "16",
-                "--latent-dim", "8", "--batch-size", "4", "--epochs", "1", "--device", "cpu", "--no-progress",
-                "--workers", "0", "--out", str(tmp_path / "vae")])
+    out = run(["--dataset", "imagefolder", "--data-dir", str(tmp_path / "images"), "--width", "16",
+               "--latent-dim", "8", "--batch-size", "4", "--epochs", "1", "--device", "cpu", "--no-progress",
+               "--out", str(tmp_path / "vae")])
     assert "imagefolder training split (8 images)" in (out / "README.md").read_text()
 
 
@@ -107,17 +254,28 @@ def test_reconstruction_metrics_of_a_perfect_and_a_flat_model():
     assert baseline_metrics(flat)["per_image_mean_colour"] > 100  # exact up to float rounding
     noise_mse = ((images - images.mean(dim=(2, 3), keepdim=True)) ** 2).mean().item()
     assert math.isclose(scores["per_image_mean_colour"], 10 * math.log10(1 / noise_mse), rel_tol=1e-4)
+    assert baseline_metrics((images * 255).round().byte())["downsample_2x_bilinear"] == pytest.approx(
+        scores["downsample_2x_bilinear"], abs=0.1)  # uint8 images are read as [0, 1]
 
 
-def test_non_positive_sizes_are_rejected_by_the_parser(capsys):
-    with pytest.raises(SystemExit):
-        main([*TINY, "--epochs", "0", "--out", "unused"])
-    assert "--epochs: expected a positive integer, got 0" in capsys.readouterr().err
+class _FixedOutput(IdentityVAE):
+    """A VAE whose G(x) is a given function of x, to check the measurements on known answers."""
+
+    def __init__(self, fn):
+        super().__init__(VAEConfig(width=8, latent_dim=4, input_mean=(0.0,) * 3, input_std=(1.0,) * 3))
+        self.fn = fn
+
+    def encode(self, x):
+        return type("E", (), {"mu": x})()
+
+    def decode(self, z):
+        return self.fn(z)
 
 
-def test_resume_with_another_architecture_is_a_clear_error(tmp_path):
-    main([*TINY, "--epochs", "1", "--out", str(tmp_path)])
-    wider = list(TINY)
-    wider[wider.index("--width") + 1] = "32"
-    with pytest.raises(ValueError, match=r"holds a VAE with other settings.*'width': \(16, 32\)"):
-        main([*wider, "--epochs", "2", "--out", str(tmp_path), "--resume"])
+def test_colour_ratio_on_known_answers():
+    images = torch.rand(8, 3, 32, 32)
+    assert colour_ratio(_FixedOutput(lambda x: x), images) == pytest.approx(1.0)
+    assert colour_ratio(_FixedOutput(lambda x: x.mean(1, keepdim=True).expand_as(x)), images) == pytest.approx(0.0)
+    halfway = lambda x: 0.5 * x + 0.5 * x.mean(1, keepdim=True)  # noqa: E731
+    assert colour_ratio(_FixedOutput(halfway), images) == pytest.approx(0.5, abs=1e-5)
+    assert reconstruction_metrics(_FixedOutput(lambda x: x), images)["mse"] == pytest.approx(0.0)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from idaa_transforms.data import to_float_images
 from idaa_transforms.pixel_fgsm import matched_pixel_eps
 from idaa_transforms.trainers.augment import simclr_views
 from idaa_transforms.trainers.config import TrainConfig
@@ -68,8 +69,7 @@ def calibrate(base: TrainConfig, n_images: int = 256, seed: int = 0) -> tuple[Ca
     device = torch.device(base.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     images, _ = load_split(base, train=True)
     pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n_images]
-    x = images[pick].to(device)
-    x = x.float().div_(255) if x.dtype == torch.uint8 else x
+    x = to_float_images(images[pick].to(device))
     torch.manual_seed(seed)
     with_idaa = dataclasses.replace(base, idaa=True, adversary="idaa")
     model = build_model(with_idaa).to(device).train()  # a throw-away model: its BatchNorm statistics may move

@@ -45,7 +45,7 @@ from idaa_transforms._grids import decomposition_rows, save_image_rows
 from idaa_transforms._rng import rng_state, set_rng_state
 from idaa_transforms.attack import call_without_buffer_updates
 from idaa_transforms.bn import adversarial_bn, convert_to_dual_bn
-from idaa_transforms.data import dataset_to_tensors, make_dataset
+from idaa_transforms.data import class_balanced_subset, load_images, to_float_images
 from idaa_transforms.pixel_fgsm import PixelFGSM
 from idaa_transforms.trainers import distributed as D
 from idaa_transforms.trainers.augment import simclr_views
@@ -128,16 +128,20 @@ def read_run(folder: str | Path) -> TrainResult:
 
 
 def load_split(cfg: TrainConfig, train: bool) -> tuple[Tensor, Tensor]:
-    """A split of ``cfg.dataset`` as in-memory ``(images, labels)``: uint8 for CIFAR, ``[0, 1]`` floats otherwise."""
-    ds = make_dataset(cfg.dataset, cfg.data_dir, train=train, download=cfg.download, image_size=cfg.image_size,
-                      crops_per_photo=cfg.crops_per_photo, seed=cfg.seed if cfg.dataset != "photos" else 0)
-    if cfg.dataset in ("cifar10", "cifar100"):
-        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets)
-    return dataset_to_tensors(ds, batch_size=256, num_workers=cfg.workers)
+    """A split of ``cfg.dataset`` as in-memory uint8 ``(images, labels)`` on the CPU
+    (see :func:`~idaa_transforms.data.load_images`).
 
-
-def _to_float(x: Tensor) -> Tensor:
-    return x.float().div_(255) if x.dtype == torch.uint8 else x
+    With ``cfg.subset`` the training split is a class-balanced subset of that many images and the test split one of
+    at most that many; both are drawn with a fixed seed, so every seed of a comparison sees the same images.
+    """
+    if not train and cfg.subset is not None:
+        images, labels = load_split(dataclasses.replace(cfg, subset=None), train=False)
+        if labels.numel() > cfg.subset:
+            index = class_balanced_subset(labels, cfg.subset, seed=0)
+            images, labels = images[index], labels[index]
+        return images, labels
+    return load_images(cfg.dataset, cfg.data_dir, train=train, download=cfg.download, image_size=cfg.image_size,
+                       subset=cfg.subset, seed=0, crops_per_photo=cfg.crops_per_photo)
 
 
 def build_model(cfg: TrainConfig) -> Method:
@@ -266,7 +270,7 @@ def train(cfg: TrainConfig, *, deadline: float | None = None) -> TrainResult:
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
         parts = _build(cfg, env, data.train_x.shape[0])
         start_epoch, metrics = _restore(cfg, env, parts, ckpt)
-        grid_x = _to_float(data.test_x[torch.linspace(0, data.test_x.shape[0] - 1, 8).long().to(env.device)])
+        grid_x = to_float_images(data.test_x[torch.linspace(0, data.test_x.shape[0] - 1, 8).long().to(env.device)])
         last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
         for epoch in range(start_epoch, last_epoch):
             tic = time.time()
@@ -410,7 +414,7 @@ def _train_epoch(cfg: TrainConfig, env: D.DistEnv, parts: _Parts, data: _Data, e
         torch.cuda.synchronize(device)
     tic = time.perf_counter()
     for step, index in enumerate(batches):
-        x = _to_float(data.train_x[index.to(device, non_blocking=True)])
+        x = to_float_images(data.train_x[index.to(device, non_blocking=True)])
         with torch.no_grad():
             v1, v2 = parts.views(x), parts.views(x)
         with amp:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -76,13 +78,13 @@ def test_console_script_entry_point_exits_zero(tmp_path):
             f"sys.exit(main(['--dataset', 'photos', '--arch', 'small_cnn', '--crops-per-photo', '16', "
             f"'--batch-size', '32', '--epochs', '1', '--probe-steps', '5', '--device', 'cpu', '--no-idaa', "
             f"'--no-progress', '--workers', '0', '--out', {str(tmp_path / 'run')!r}]))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}  # this checkout, not an installed copy
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.strip() == "" or "Traceback" not in proc.stderr
 
 
 def test_setup_cfg_declares_the_console_script():
-    from pathlib import Path
-
     text = (Path(__file__).resolve().parents[2] / "setup.cfg").read_text()
     assert "idaa-train = idaa_transforms.trainers.cli:main" in text

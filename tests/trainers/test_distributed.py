@@ -73,7 +73,7 @@ def test_torchrun_two_processes(tmp_path, tiny_vae_dir):
            str(ROOT / "examples" / "simclr_cifar.py"), "--dataset", "photos", "--arch", "small_cnn",
            "--crops-per-photo", "16", "--batch-size", "32", "--epochs", "1", "--probe-steps", "20",
            "--device", "cpu", "--no-progress", "--vae", tiny_vae_dir, "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # this checkout, not an installed copy
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -11,7 +11,7 @@ import torch
 
 from helpers import TINY_RUN
 from idaa_transforms import _files
-from idaa_transforms.data import make_dataset
+from idaa_transforms.data import load_images
 from idaa_transforms.trainers.config import TrainConfig
 from idaa_transforms.trainers.engine import _DelayedScalar, load_split, read_run, train
 
@@ -185,7 +185,8 @@ def test_load_split_reads_a_local_cifar10(tmp_path, monkeypatch):
     # The md5 sums of the fake files cannot match torchvision's: skip the integrity checks.
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
-    assert len(make_dataset("cifar10", tmp_path, train=True, download=False)) == 20
+    images, labels = load_images("cifar10", tmp_path, train=True)
+    assert images.shape == (20, 3, 32, 32) and images.dtype == torch.uint8 and labels[0] == 0
     images, labels = load_split(TrainConfig(dataset="cifar10", data_dir=str(tmp_path), download=False), train=False)
     assert images.dtype == torch.uint8 and images.shape == (4, 3, 32, 32) and labels.tolist() == [5, 6, 2, 3]
     expected = np.frombuffer(pickle.loads((folder / "test_batch").read_bytes())["data"][0], np.uint8)
@@ -202,4 +203,22 @@ def test_load_split_reads_an_imagefolder(tmp_path):
                 Image.new("RGB", (40, 48), colour).save(tmp_path / split / cls / f"{i}.png")
     images, labels = load_split(TrainConfig(dataset="imagefolder", data_dir=str(tmp_path), workers=0), train=True)
     assert images.shape == (6, 3, 32, 32) and labels.tolist() == [0, 0, 0, 1, 1, 1]
-    assert float(images[0, 0].float().mean()) == pytest.approx(float(images[0, 0].max()))
+    assert images.dtype == torch.uint8 and bool((images[0, 0] == 255).all()) and bool((images[-1, 2] == 255).all())
+
+
+def test_subset_is_class_balanced_fixed_across_seeds_and_caps_the_test_split():
+    cfg = TrainConfig(**{**TINY_RUN, "subset": 20})
+    images, labels = load_split(cfg, train=True)
+    assert images.shape[0] == 20 and labels.bincount().tolist() == [4, 4, 4, 4, 4]
+    again, _ = load_split(TrainConfig(**{**TINY_RUN, "subset": 20, "seed": 3}), train=True)
+    assert torch.equal(images, again)  # the same images for every seed
+    test_images, test_labels = load_split(cfg, train=False)
+    assert test_images.shape[0] == 20 and test_labels.bincount().tolist() == [4, 4, 4, 4, 4]
+    full, _ = load_split(TrainConfig(**{**TINY_RUN, "subset": 500}), train=False)
+    assert full.shape[0] == 80  # at most the test split's size
+
+
+def test_training_on_a_subset(tmp_path):
+    result = train(tiny(tmp_path, idaa=False, crops_per_photo=32, subset=64))
+    assert result.finished and result.images_per_s > 0
+    assert read_run(tmp_path).config["subset"] == 64
