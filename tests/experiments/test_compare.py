@@ -31,7 +31,7 @@ def test_parser_takes_every_trainer_option_with_the_harness_defaults():
 
 @pytest.mark.parametrize("argv, match", [(["--variants", "baseline,cutout"], "--variants: expected comma-separated"),
                                          (["--lr", "nan"], "--lr: expected a finite number > 0"),
-                                         (["--stop-after", "0"], "--stop-after: expected a finite number > 0"),
+                                         (["--stop-after", "0"], "--stop-after/--max-minutes: expected a finite number > 0"),
                                          (["--seeds", "0", "0"], "expected distinct seeds"),
                                          (["--seed", "0"], "unrecognized arguments: --seed")])
 def test_bad_arguments_are_one_line_errors(argv, match, capsys):
