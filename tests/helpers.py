@@ -60,4 +60,4 @@ def batch(b: int = 8, h: int = 32, w: int = 32, seed: int = 2) -> torch.Tensor:
 
 #: The smallest useful training run: 80 photo crops, one epoch of small_cnn steps, a short probe.
 TINY_RUN = dict(dataset="photos", arch="small_cnn", crops_per_photo=16, batch_size=32, epochs=1, probe_steps=20,
-                knn_k=20, device="cpu", no_progress=True, workers=0)
+                knn_k=20, device="cpu", no_progress=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +28,7 @@ from idaa_transforms import _cli, _files
 from idaa_transforms.data import DATASETS
 
 __all__ = ["METHODS", "ARCHS", "DATASETS", "ADVERSARIES", "OPTIMIZERS", "SCHEDULES", "RESUME_SAFE", "TrainConfig",
-           "add_train_arguments", "config_from_args", "changed_settings", "default_workers"]
+           "add_train_arguments", "config_from_args", "changed_settings"]
 
 METHODS = ("simclr", "byol")
 ARCHS = ("resnet18", "small_cnn")
@@ -39,13 +38,7 @@ SCHEDULES = ("cosine", "constant")
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 #: Settings that may change between a run and its resumption without changing what it computes.
-RESUME_SAFE = frozenset({"resume", "overwrite", "stop_after", "save_every", "no_progress", "workers", "device", "out",
-                         "download"})
-
-
-def default_workers() -> int:
-    """Loader workers for on-disk datasets: 4, or fewer on a machine with fewer cores."""
-    return max(0, min(4, os.cpu_count() or 1))
+RESUME_SAFE = frozenset({"resume", "overwrite", "stop_after", "save_every", "no_progress", "device", "out", "download"})
 
 
 def device_name(text: str) -> str:
@@ -92,9 +85,9 @@ def _device_ok(text: str) -> bool:
     return True
 
 
-def _option(default: Any = dataclasses.MISSING, help: str | None = None, *, group: str, kind: str | None = None,
+def _option(default: Any, help: str | None = None, *, group: str, kind: str | None = None,
             choices: tuple[str, ...] | None = None, flag: str | None = None, optional: bool = False,
-            metavar: str | None = None, default_factory: Callable[[], Any] | None = None) -> Any:
+            metavar: str | None = None) -> Any:
     """A :class:`TrainConfig` field with its command-line form.
 
     ``kind`` names the type (a key of ``_KINDS``); booleans are flags, ``flag`` overrides the option's name
@@ -102,8 +95,6 @@ def _option(default: Any = dataclasses.MISSING, help: str | None = None, *, grou
     """
     metadata = {"help": help, "group": group, "kind": kind, "choices": choices, "flag": flag, "optional": optional,
                 "metavar": metavar}
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -180,8 +171,6 @@ class TrainConfig:
     save_every: int = _option(10, "epochs between checkpoints", group="run", kind="positive_int")
     stop_after: int | None = _option(None, "stop after this many epochs in total (for time-limited jobs; then "
                                      "--resume)", group="run", kind="positive_int", optional=True, metavar="EPOCHS")
-    workers: int = _option(help="loader workers for on-disk datasets (default: at most 4, at most the number of "
-                           "cores)", group="run", kind="non_negative_int", default_factory=default_workers)
     no_progress: bool = _option(False, "no progress bars or per-epoch lines (the final summary is still printed)",
                                 group="run")
 
@@ -211,7 +200,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def changed_settings(saved: Mapping[str, Any] | TrainConfig, now: TrainConfig) -> dict[str, tuple[Any, Any]]:
@@ -249,7 +238,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, defaults: Mapping[st
         meta = f.metadata
         name = meta["group"] if title is None else f"{title}: {meta['group']}"
         group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
-        default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        default = defaults.get(f.name, f.default)
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         text = helps.get(f.name, meta["help"])
         if f.type in ("bool", bool):

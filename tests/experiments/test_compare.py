@@ -10,7 +10,7 @@ from idaa_transforms.experiments import compare
 from idaa_transforms.experiments.schedule import VARIANTS
 
 TINY = ["--seeds", "0", "1", "--epochs", "1", "--crops-per-photo", "8", "--batch-size", "32", "--arch", "small_cnn",
-        "--probe-steps", "5", "--device", "cpu", "--workers", "0", "--calibration-images", "32"]
+        "--probe-steps", "5", "--device", "cpu", "--calibration-images", "32"]
 
 
 def test_parser_takes_every_trainer_option_with_the_harness_defaults():
@@ -47,11 +47,12 @@ def test_compare_end_to_end(tmp_path, capsys):
     for name in ("report.md", "compare.json", "knn_curves.png", "views_grid.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
     assert set(data["equal_epochs"]["variants"]) == set(VARIANTS)
-    assert data["equal_time_plan"] == {"idaa": 1, "eps0": 1, "pixel_fgsm": 1}  # never below one epoch
+    plan = data["equal_time_plan"]  # E' from measured seconds: at least one epoch each (timing-dependent above)
+    assert set(plan) == {"idaa", "eps0", "pixel_fgsm"} and all(isinstance(e, int) and e >= 1 for e in plan.values())
     assert data["calibration"]["fgsm_l2"] == pytest.approx(data["calibration"]["idaa_l2"], rel=1e-3)
     paired = {(p["variant"], p["against"], p["metric"]) for p in data["equal_epochs"]["paired"]}
     assert ("idaa", "baseline", "knn_acc") in paired and ("idaa", "eps0", "linear_acc") in paired
-    assert len(data["runs"]) == 8 and not data["not_started"] and not data["unfinished"]
+    assert len(data["runs"]) == 4 * 2 + sum(2 for e in plan.values() if e != 1) and not data["not_started"] and not data["unfinished"]
     assert 0 <= data["anchors"]["random_init_knn"] <= 100 and data["anchors"]["published"] == []
     for text in ("paired t p", "sign-flip p", "s / epoch", "Equal wall-clock time", "pixel FGSM eps =",
                  "What this does and does not show", "disjoint (checked)", "--seeds 0 1", "machine:", "date:",

@@ -27,7 +27,7 @@ def test_help_lists_the_options_and_each_default_once():
     text = re.sub(r"\s+", " ", build_parser().format_help())
     for option in ("--dataset", "--data-dir", "--epochs", "--batch-size", "--arch", "--vae", "--eps", "--alpha",
                    "--no-idaa", "--amp", "--device", "--seed", "--out", "--resume", "--overwrite", "--subset",
-                   "--method", "--save-every", "--workers", "--no-progress", "--temperature", "--attack-steps",
+                   "--method", "--save-every", "--no-progress", "--temperature", "--attack-steps",
                    "photos", "small_cnn", "any image type"):
         assert option in text, option
     assert "--epochs EPOCHS default: 200" in text and "--lr LR default: 0.0003" in text
@@ -77,7 +77,7 @@ def test_console_script_entry_point_exits_zero(tmp_path):
     code = ("import sys; from idaa_transforms.trainers.cli import main; "
             f"sys.exit(main(['--dataset', 'photos', '--arch', 'small_cnn', '--crops-per-photo', '16', "
             f"'--batch-size', '32', '--epochs', '1', '--probe-steps', '5', '--device', 'cpu', '--no-idaa', "
-            f"'--no-progress', '--workers', '0', '--out', {str(tmp_path / 'run')!r}]))")
+            f"'--no-progress', '--out', {str(tmp_path / 'run')!r}]))")
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}  # this checkout, not an installed copy
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)

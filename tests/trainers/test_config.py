@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from idaa_transforms.trainers.config import (RESUME_SAFE, TrainConfig, add_train_arguments, changed_settings,
-                                             config_from_args, default_workers)
+                                             config_from_args)
 
 
 def test_defaults_are_the_papers():
@@ -16,13 +16,6 @@ def test_defaults_are_the_papers():
     assert (cfg.dataset, cfg.arch, cfg.method, cfg.idaa, cfg.dual_bn) == ("cifar10", "resnet18", "simclr", True, True)
     assert (cfg.eps, cfg.alpha, cfg.temperature, cfg.lr, cfg.weight_decay) == (0.1, 1.0, 0.5, 3e-4, 1e-6)
     assert (cfg.proj_dim, cfg.proj_hidden, cfg.optimizer, cfg.vae, cfg.subset) == (64, 512, "adam", None, None)
-
-
-def test_workers_default_is_at_most_the_cores(monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert default_workers() == 2 and TrainConfig().workers == 2
-    monkeypatch.setattr("os.cpu_count", lambda: 64)
-    assert default_workers() == 4
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -51,7 +44,7 @@ def test_config_rejects_bad_values(bad, match):
 
 def test_changed_settings_ignores_what_may_change_on_resume():
     saved = TrainConfig(epochs=10, seed=1)
-    assert changed_settings(saved, dataclasses.replace(saved, out="elsewhere", no_progress=True, workers=0,
+    assert changed_settings(saved, dataclasses.replace(saved, out="elsewhere", no_progress=True,
                                                        stop_after=3, resume=True, device="cpu")) == {}
     assert changed_settings(saved, dataclasses.replace(saved, epochs=20)) == {"epochs": (10, 20)}
     assert changed_settings(saved, dataclasses.replace(saved, data_dir="other")) == {"data_dir": ("data", "other")}
@@ -68,7 +61,7 @@ def test_add_train_arguments_covers_every_field_once():
     parser = argparse.ArgumentParser(allow_abbrev=False)
     add_train_arguments(parser)
     args = parser.parse_args([])
-    assert config_from_args(args) == TrainConfig(workers=args.workers)
+    assert config_from_args(args) == TrainConfig()
     assert set(vars(args)) == {f.name for f in dataclasses.fields(TrainConfig)}
 
 

@@ -201,7 +201,7 @@ def test_load_split_reads_an_imagefolder(tmp_path):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(3):
                 Image.new("RGB", (40, 48), colour).save(tmp_path / split / cls / f"{i}.png")
-    images, labels = load_split(TrainConfig(dataset="imagefolder", data_dir=str(tmp_path), workers=0), train=True)
+    images, labels = load_split(TrainConfig(dataset="imagefolder", data_dir=str(tmp_path)), train=True)
     assert images.shape == (6, 3, 32, 32) and labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert images.dtype == torch.uint8 and bool((images[0, 0] == 255).all()) and bool((images[-1, 2] == 255).all())
 
