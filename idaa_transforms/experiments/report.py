@@ -147,9 +147,11 @@ def _anchor_lines(anchors: Anchors, baseline: list[RunRecord], base: TrainConfig
     """The baseline beside a random network and the published figures."""
     if anchors.random_init_knn is None and not anchors.published:
         return []
-    lines = ["", "### Sanity anchors", "", "| what | epochs | kNN acc. (%) | linear acc. (%) |", "| --- | --- | --- | --- |"]
+    lines = ["", "### Sanity anchors", "", "| what | epochs | kNN acc. (%) | linear acc. (%) |",
+             "| --- | --- | --- | --- |"]
     if baseline:
-        lines.append(f"| this baseline ({base.arch}, batch {base.batch_size}, {len(baseline)} seeds) | "
+        seeds = f"{len(baseline)} seed" + ("s" if len(baseline) != 1 else "")
+        lines.append(f"| this baseline ({base.arch}, batch {base.batch_size}, {seeds}) | "
                      f"{baseline[0].epochs} | {_fmt([r.knn_acc for r in baseline])} | "
                      f"{_fmt([r.linear_acc for r in baseline])} |")
     if anchors.random_init_knn is not None:
@@ -162,7 +164,8 @@ def _anchor_lines(anchors: Anchors, baseline: list[RunRecord], base: TrainConfig
     if anchors.published:
         lines += ["", "The published figures use the full training set, ResNet-18 and their own epochs and batch: a "
                       "baseline far below them at a matched budget is a trainer bug to find before any comparison "
-                      "is quoted; at a smaller budget (fewer epochs, a subset, a small CNN) it is expected to be lower."]
+                      "is quoted; at a smaller budget (fewer epochs, a subset, a small CNN) it is expected to be "
+                      "lower."]
     return lines
 
 
@@ -255,7 +258,8 @@ def _conclusion(sentences: list[str], time_sentences: list[str], seeds: Sequence
         parts.append(f"With {len(seeds)} seeds the exact sign-flip test cannot reach p < {SIGNIFICANCE} (its floor is "
                      f"{smallest:.3f}), so no result here is significant by that test whatever the numbers.")
     parts.append(f"This is one dataset ({base.dataset}), one architecture ({base.arch}), one method ({base.method}) "
-                 f"and {epochs} epochs: it does not show how the differences behave at other scales or on other data. The pixel FGSM budget matches IDAA's mean L2 "
+                 f"and {epochs} epochs: it does not show how the differences behave at other scales or on other data. "
+                 f"The pixel FGSM budget matches IDAA's mean L2 "
                  f"perturbation at initialisation ({calibration.idaa_l2:.3f} per image), not during training, "
                  f"when IDAA's perturbation may grow or shrink. The eps = 0 control isolates the attack from the "
                  f"extra loss term and its cost: IDAA minus eps = 0 is the effect of the latent attack itself.")

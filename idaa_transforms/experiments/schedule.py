@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from idaa_transforms.trainers.config import TrainConfig, changed_settings
-from idaa_transforms.trainers.engine import CHECKPOINT, RESULTS, TrainResult, read_run, train
+from idaa_transforms.trainers.engine import RESULTS, RUN_FILES, TrainResult, read_run, train
 
 __all__ = ["VARIANTS", "LABELS", "RunSpec", "CurvePoint", "RunRecord", "variant_config", "equal_time_epochs",
            "Scheduler"]
@@ -166,7 +166,7 @@ class Scheduler:
         if self.time_is_up:
             self.not_started.append(spec.name)
             return None
-        started = (folder / CHECKPOINT).is_file()
+        started = any((folder / name).exists() for name in RUN_FILES)  # killed before its first checkpoint too
         if started and not self.resume:
             raise ValueError(f"{folder} holds an unfinished run; pass --resume to continue it, or choose another "
                              f"--out.")

@@ -160,7 +160,8 @@ def build_adversary(cfg: TrainConfig, model: Method, device: torch.device, *, ep
         return None
     if cfg.adversary == "pixel_fgsm":
         # BYOL has no ``encoder``: its adversarial_view passes its own loss_fn, so the module is never called.
-        return PixelFGSM(encoder=getattr(model, "encoder", model), eps=cfg.pixel_eps if pixel_eps is None else pixel_eps,
+        step = cfg.pixel_eps if pixel_eps is None else pixel_eps
+        return PixelFGSM(encoder=getattr(model, "encoder", model), eps=step,
                          temperature=cfg.temperature, use_adversarial_bn=cfg.dual_bn)
     return IDAATransform.from_pretrained(cfg.vae, encoder=getattr(model, "encoder", None),
                                          eps=cfg.eps if eps is None else eps, steps=cfg.attack_steps,

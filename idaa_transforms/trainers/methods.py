@@ -5,9 +5,9 @@ needs), plus:
 
 * ``pair_loss(a, b)``: the self-supervised loss between the outputs of two views of the same images, over the
   global batch when running distributed;
-* ``adversarial_view(adversary, x, out)``: the adversarial view of ``x`` (from an :class:`~idaa_transforms.IDAATransform`
-  or a :class:`~idaa_transforms.pixel_fgsm.PixelFGSM`) that increases the method's own loss against ``out`` (the
-  outputs the training step already computed for ``x``);
+* ``adversarial_view(adversary, x, out)``: the adversarial view of ``x`` (from an
+  :class:`~idaa_transforms.IDAATransform` or a :class:`~idaa_transforms.pixel_fgsm.PixelFGSM`) that increases the
+  method's own loss against ``out`` (the outputs the training step already computed for ``x``);
 * ``after_step(progress)``: per-step bookkeeping (BYOL's target update).
 
 Example:

@@ -31,7 +31,8 @@ def test_parser_takes_every_trainer_option_with_the_harness_defaults():
 
 @pytest.mark.parametrize("argv, match", [(["--variants", "baseline,cutout"], "--variants: expected comma-separated"),
                                          (["--lr", "nan"], "--lr: expected a finite number > 0"),
-                                         (["--stop-after", "0"], "--stop-after/--max-minutes: expected a finite number > 0"),
+                                         (["--stop-after", "0"],
+                                          "--stop-after/--max-minutes: expected a finite number > 0"),
                                          (["--seeds", "0", "0"], "expected distinct seeds"),
                                          (["--seed", "0"], "unrecognized arguments: --seed")])
 def test_bad_arguments_are_one_line_errors(argv, match, capsys):
@@ -52,7 +53,8 @@ def test_compare_end_to_end(tmp_path, capsys):
     assert data["calibration"]["fgsm_l2"] == pytest.approx(data["calibration"]["idaa_l2"], rel=1e-3)
     paired = {(p["variant"], p["against"], p["metric"]) for p in data["equal_epochs"]["paired"]}
     assert ("idaa", "baseline", "knn_acc") in paired and ("idaa", "eps0", "linear_acc") in paired
-    assert len(data["runs"]) == 4 * 2 + sum(2 for e in plan.values() if e != 1) and not data["not_started"] and not data["unfinished"]
+    assert len(data["runs"]) == 4 * 2 + sum(2 for e in plan.values() if e != 1)
+    assert not data["not_started"] and not data["unfinished"]
     assert 0 <= data["anchors"]["random_init_knn"] <= 100 and data["anchors"]["published"] == []
     for text in ("paired t p", "sign-flip p", "s / epoch", "Equal wall-clock time", "pixel FGSM eps =",
                  "What this does and does not show", "disjoint (checked)", "--seeds 0 1", "machine:", "date:",

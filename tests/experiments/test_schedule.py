@@ -73,3 +73,13 @@ def test_scheduler_stops_at_its_deadline_and_resumes(tmp_path):
         Scheduler(tiny_base(), tmp_path).run(spec)
     record = Scheduler(tiny_base(), tmp_path, resume=True).run(spec)
     assert record is not None and [p.epoch for p in record.curve] == [1, 2]
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_with_resume(tmp_path):
+    folder = tmp_path / "baseline-e1-s0"
+    folder.mkdir()
+    (folder / "metrics.jsonl").write_text('{"epoch": 1, "lo')  # killed during its first epoch's line
+    with pytest.raises(ValueError, match="unfinished run; pass --resume"):
+        Scheduler(tiny_base(), tmp_path).run(RunSpec("baseline", 0, 1))
+    record = Scheduler(tiny_base(), tmp_path, resume=True).run(RunSpec("baseline", 0, 1))
+    assert record is not None and [p.epoch for p in record.curve] == [1]
