@@ -169,6 +169,25 @@ def _anchor_lines(anchors: Anchors, baseline: list[RunRecord], base: TrainConfig
     return lines
 
 
+def _header(base: TrainConfig, c: Calibration, context: ReportContext, epochs: int, seeds: Sequence[int]) -> list[str]:
+    """The report's title and its list of what ran where, on which data, with which settings."""
+    subset = f", a class-balanced subset of {base.subset} training images" if base.subset else ""
+    return [f"# IDAA with controls: {base.method}, {base.arch}, {base.dataset}, {epochs} epoch(s), "
+             f"{len(seeds)} seeds", "",
+             f"- command: `{context.command}`", f"- date: {context.date}", f"- machine: {context.machine}",
+             f"- data: {context.data}{subset}",
+             f"- settings: batch {base.batch_size}, lr {base.lr}, IDAA eps {base.eps}, alpha {base.alpha}, "
+             f"{base.attack_steps} attack step(s), dual BatchNorm {base.dual_bn}, amp {base.amp}, seeds "
+             f"{', '.join(map(str, seeds))}" + (f", {base.crops_per_photo} crops per photograph" if
+                                                 base.dataset == "photos" else ""),
+             f"- pixel FGSM eps = {c.pixel_eps:.5f} (L-inf, [0, 1] pixels): matches the mean L2 norm per image of "
+             f"IDAA's perturbation, {c.idaa_l2:.4f}, measured once on {c.images} {INPUTS} (seed {c.seed}); FGSM's L2 "
+             f"there: {c.fgsm_l2:.4f}; eps = 0 control's: {c.eps0_l2:.2e}",
+             "- evaluation: kNN monitor and linear probe on frozen, L2-normalised backbone features of the test split",
+             "- every table row says how many seeds and epochs its numbers have; a variant with fewer seeds than "
+             "asked for is incomplete", "", "## Results", ""]
+
+
 def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[str, list[RunRecord]] | None,
                  plan: dict[str, int] | None, epochs: int, seeds: Sequence[int], calibration: Calibration,
                  base: TrainConfig, context: ReportContext, anchors: Anchors | None = None,
@@ -190,21 +209,7 @@ def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[s
     c = calibration
     all_runs = [*{r.folder: r for runs in [*equal_epochs.values(), *(equal_time or {}).values()]
                   for r in runs}.values()]
-    subset = f", a class-balanced subset of {base.subset} training images" if base.subset else ""
-    lines = [f"# IDAA with controls: {base.method}, {base.arch}, {base.dataset}, {epochs} epoch(s), "
-             f"{len(seeds)} seeds", "",
-             f"- command: `{context.command}`", f"- date: {context.date}", f"- machine: {context.machine}",
-             f"- data: {context.data}{subset}",
-             f"- settings: batch {base.batch_size}, lr {base.lr}, IDAA eps {base.eps}, alpha {base.alpha}, "
-             f"{base.attack_steps} attack step(s), dual BatchNorm {base.dual_bn}, amp {base.amp}, seeds "
-             f"{', '.join(map(str, seeds))}" + (f", {base.crops_per_photo} crops per photograph" if
-                                                 base.dataset == "photos" else ""),
-             f"- pixel FGSM eps = {c.pixel_eps:.5f} (L-inf, [0, 1] pixels): matches the mean L2 norm per image of "
-             f"IDAA's perturbation, {c.idaa_l2:.4f}, measured once on {c.images} {INPUTS} (seed {c.seed}); FGSM's L2 "
-             f"there: {c.fgsm_l2:.4f}; eps = 0 control's: {c.eps0_l2:.2e}",
-             "- evaluation: kNN monitor and linear probe on frozen, L2-normalised backbone features of the test split",
-             "- every table row says how many seeds and epochs its numbers have; a variant with fewer seeds than "
-             "asked for is incomplete", "", "## Results", ""]
+    lines = _header(base, c, context, epochs, seeds)
     sec_lines, sentences, data_epochs = _section(equal_epochs, f"Equal epochs ({epochs})")
     lines += sec_lines
     lines += _anchor_lines(anchors, equal_epochs.get("baseline", []), base)
