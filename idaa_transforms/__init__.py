@@ -9,9 +9,11 @@ Example:
     torch.Size([8, 3, 32, 32])
 """
 
+from idaa_transforms._hub import CheckpointError, HubOptions
+from idaa_transforms.attack import Adversary, LossFn, frozen_batchnorm_stats
 from idaa_transforms.bn import DualBatchNorm, adversarial_bn, convert_to_dual_bn
-from idaa_transforms.hub import CheckpointError, load_vae
 from idaa_transforms.losses import negative_cosine, nt_xent
+from idaa_transforms.pixel_fgsm import PixelFGSM
 from idaa_transforms.transform import Decomposition, IDAATransform
 from idaa_transforms.vae import IdentityVAE, VAEConfig, VAEEncoding, VAEOutput, vae_loss
 
@@ -20,12 +22,16 @@ __version__ = "0.1.0"
 __all__ = [
     "IDAATransform",
     "Decomposition",
+    "PixelFGSM",
+    "Adversary",
+    "LossFn",
+    "frozen_batchnorm_stats",
     "IdentityVAE",
     "VAEConfig",
     "VAEEncoding",
     "VAEOutput",
     "vae_loss",
-    "load_vae",
+    "HubOptions",
     "CheckpointError",
     "nt_xent",
     "negative_cosine",

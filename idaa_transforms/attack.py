@@ -1,34 +1,102 @@
-"""What every adversary of this package shares: the encoder loss it ascends and the gradient it follows.
+"""What every adversary of this package shares: its protocol, input checks, the loss it ascends and its gradient.
 
-:class:`~idaa_transforms.IDAATransform` (latent space) and :class:`~idaa_transforms.pixel_fgsm.PixelFGSM` (pixel
-space) both maximise :func:`encoder_loss` (or a user's ``loss_fn``) through :func:`loss_gradient`, and both call the
-caller's encoder through :func:`call_without_buffer_updates`, so its BatchNorm statistics are never changed.
+:class:`~idaa_transforms.IDAATransform` (latent space) and :class:`~idaa_transforms.PixelFGSM` (pixel space) are both
+:class:`Adversary` objects: ``adversary(x, *, loss_fn=None, anchor=None) -> x_adv``. Both maximise
+:func:`encoder_loss` (or a user's ``loss_fn``) through :func:`loss_gradient`, and both run the caller's encoder inside
+:func:`frozen_batchnorm_stats`, so its BatchNorm running statistics are never changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import SyncBatchNorm, _BatchNorm
 
 from idaa_transforms.bn import adversarial_bn
 from idaa_transforms.losses import negative_cosine, nt_xent
 
-__all__ = ["LossFn", "call_without_buffer_updates", "encoder_loss", "loss_gradient"]
+__all__ = [
+    "Adversary",
+    "LossFn",
+    "frozen_batchnorm_stats",
+    "call_without_buffer_updates",
+    "encoder_loss",
+    "loss_gradient",
+    "require_autograd",
+    "check_images",
+    "reads_values",
+    "check_anchor",
+    "check_encoder",
+    "resolve_loss",
+]
 
 #: ``loss_fn(x, x_adv) -> scalar tensor``: the objective an adversary increases.
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
+_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class Adversary(Protocol):
+    """What a trainer needs from an adversarial view: ``adversary(x, *, loss_fn=None, anchor=None) -> x_adv``.
+
+    ``x`` is a batch ``(B, C, H, W)``; ``loss_fn(x, x_adv) -> scalar`` replaces the adversary's own loss for one call;
+    ``anchor`` is ``encoder(x)`` when the caller has it already. The result has ``x``'s shape and dtype and is detached.
+    :class:`~idaa_transforms.IDAATransform` and :class:`~idaa_transforms.PixelFGSM` implement it.
+
+    Example:
+        >>> from idaa_transforms import PixelFGSM
+        >>> def hard_view(adversary: Adversary, x: Tensor) -> Tensor:
+        ...     return adversary(x, loss_fn=lambda x, x_adv: (x_adv - x.flip(0)).square().mean())
+        >>> hard_view(PixelFGSM(eps=0.25), torch.tensor([[[[0.0]]], [[[1.0]]]])).flatten().tolist()
+        [-0.25, 1.25]
+    """
+
+    def __call__(self, x: Tensor, *, loss_fn: LossFn | None = None, anchor: Tensor | None = None) -> Tensor: ...
+
+
+@contextmanager
+def frozen_batchnorm_stats(model: nn.Module) -> Iterator[nn.Module]:
+    """Leave the BatchNorm running statistics of ``model`` exactly as they are while the block runs.
+
+    BatchNorms in training mode still normalise with batch statistics, as in the caller's own forward pass; their
+    running-statistics buffers are hidden for the duration (a BatchNorm without them updates nothing), so nothing is
+    copied and those tensors are never written to. Use it around any extra forward pass of a model under training
+    that should not count as a training step, e.g. inside a ``loss_fn`` given to an adversary that does not know the
+    model. The modules are changed for the duration of the block: do not run the same model in another thread then.
+
+    Args:
+        model: any module; its BatchNorms (``_BatchNorm`` subclasses, including those of
+            :class:`~idaa_transforms.DualBatchNorm`) in training mode that track running statistics are frozen.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+        >>> with frozen_batchnorm_stats(net):
+        ...     _ = net(torch.randn(8, 3))
+        >>> int(net[1].num_batches_tracked), net[1].running_mean.tolist()
+        (0, [0.0, 0.0, 0.0])
+    """
+    saved: list[tuple[nn.Module, dict[str, Tensor | None]]] = []
+    for m in model.modules():
+        if isinstance(m, _BatchNorm) and m.training and m.track_running_stats and m.running_mean is not None:
+            saved.append((m, {name: m._buffers[name] for name in _STATS}))
+    try:
+        for m, buffers in saved:
+            for name in _STATS:
+                m._buffers[name] = None
+            if isinstance(m, SyncBatchNorm):  # it insists on a counter: give it a scratch one
+                m._buffers["num_batches_tracked"] = torch.zeros_like(buffers["num_batches_tracked"])
+        yield model
+    finally:
+        for m, buffers in saved:
+            m._buffers.update(buffers)
+
 
 def call_without_buffer_updates(module: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``module(*args, **kwargs)`` with BatchNorm running statistics left exactly as they were.
-
-    BatchNorms in training mode still normalise with batch statistics, as they would in the caller's own forward
-    pass; their running-statistics buffers are hidden for the call (a BatchNorm without them updates nothing), so
-    nothing is copied and the module's tensors are never written to.
+    """``module(*args, **kwargs)`` inside :func:`frozen_batchnorm_stats` (a plain call for a non-module callable).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
@@ -38,15 +106,17 @@ def call_without_buffer_updates(module: Callable[..., Any], *args: Any, **kwargs
     """
     if not isinstance(module, nn.Module):
         return module(*args, **kwargs)
-    hidden = {
-        f"{name}.{buf}": None
-        for name, m in module.named_modules()
-        if isinstance(m, _BatchNorm) and m.training and m.track_running_stats
-        for buf in ("running_mean", "running_var", "num_batches_tracked")
-    }
-    if not hidden:
+    with frozen_batchnorm_stats(module):
         return module(*args, **kwargs)
-    return torch.func.functional_call(module, hidden, args, kwargs, strict=False)
+
+
+def _embedding(value: Any, what: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"encoder: the built-in loss needs encoder({what}) to return one tensor of embeddings (B, ...), got "
+            f"{type(value).__name__}; wrap the encoder to return that tensor, or pass loss_fn=<callable(x, x_adv)>."
+        )
+    return value.flatten(1)
 
 
 def encoder_loss(
@@ -62,28 +132,146 @@ def encoder_loss(
     The encoder runs without touching its BatchNorm statistics, through its adversarial BatchNorms if
     ``adversarial``; ``anchor`` is detached. With one sample NT-Xent has no negatives, so the negative cosine
     similarity (its alignment term) is used.
+
+    Raises:
+        TypeError: if the encoder does not return a tensor.
+        ValueError: if ``anchor`` does not have the shape of ``encoder(x_adv)``.
     """
     with adversarial_bn(adversarial):
         if anchor is None:
             with torch.no_grad():
-                anchor = call_without_buffer_updates(encoder, x)
-        embedding = call_without_buffer_updates(encoder, x_adv)
+                anchor = _embedding(call_without_buffer_updates(encoder, x), "x")
+        embedding = _embedding(call_without_buffer_updates(encoder, x_adv), "x_adv")
     anchor = anchor.detach().flatten(1)
-    embedding = embedding.flatten(1)
+    if anchor.shape != embedding.shape:
+        raise ValueError(
+            f"anchor: expected encoder(x), shaped like encoder(x_adv) {tuple(embedding.shape)} after flattening, "
+            f"got {tuple(anchor.shape)}."
+        )
     if embedding.shape[0] == 1:
         return negative_cosine(anchor, embedding)
     return nt_xent(anchor, embedding, temperature)
 
 
-def loss_gradient(value: Tensor, wrt: Tensor) -> Tensor:
-    """``d value / d wrt`` for a scalar loss, or a clear error when the loss is not a scalar or does not depend on it."""
+def loss_gradient(value: Tensor, wrt: Tensor, check_finite: bool = False) -> Tensor:
+    """``d value / d wrt`` for a scalar loss, or a clear error when the loss cannot give one.
+
+    Args:
+        value: the loss, a scalar tensor computed from ``wrt``.
+        wrt: the leaf tensor to differentiate with respect to.
+        check_finite: also reject a NaN or infinite loss (its signed gradient would be zero: a silent no-op). This
+            reads the value on the host: enable it on the CPU, or where a device synchronisation is acceptable.
+
+    Raises:
+        ValueError: if the loss is not a scalar, has no gradient path to ``wrt``, is not finite (with
+            ``check_finite``), or if ``loss_fn`` already ran ``.backward()`` on it.
+    """
     if not isinstance(value, Tensor) or value.ndim != 0:
         got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise ValueError(f"loss_fn: expected a scalar tensor (reduce it, e.g. with .mean()), got {got}.")
-    grad = torch.autograd.grad(value, wrt, allow_unused=True)[0] if value.requires_grad else None
+    if check_finite and not bool(torch.isfinite(value)):
+        raise ValueError(f"loss_fn: the loss is {value.item()}, so its gradient says nothing; check the loss and inputs.")
+    try:
+        grad = torch.autograd.grad(value, wrt, allow_unused=True)[0] if value.requires_grad else None
+    except RuntimeError:
+        if wrt.grad is None:
+            raise
+        raise ValueError(
+            "loss_fn: it called .backward() on the loss; return the loss instead, the adversary differentiates it."
+        ) from None
     if grad is None:
         raise ValueError(
             "loss_fn: the loss has no gradient path to x_adv; compute it from x_adv without detaching, "
             "and do not call the transform's loss under torch.no_grad() inside loss_fn."
         )
     return grad
+
+
+def require_autograd(who: str) -> None:
+    """Raise a clear error under ``torch.inference_mode()``, which forbids the gradient every adversary needs."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{who}: the attack takes a gradient, which torch.inference_mode() forbids; call it outside "
+            "inference mode (torch.no_grad() is fine)."
+        )
+
+
+def check_images(x: Any, who: str, check_finite: bool | None = None) -> tuple[Tensor, bool]:
+    """Validate an image batch and add the batch dimension to a single image; returns ``(batch, was_unbatched)``.
+
+    ``check_finite=None`` reads the values (NaN/Inf) of CPU tensors only: on an accelerator it would force a
+    host-device synchronisation.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{who}: expected a torch.Tensor, got {type(x).__name__}.")
+    if x.ndim not in (3, 4):
+        raise ValueError(f"{who}: expected (B, C, H, W) or (C, H, W). Got shape {tuple(x.shape)}.")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{who}: expected a floating-point image tensor, got {x.dtype}. "
+            "Convert first, e.g. x.float() / 255 for uint8 images."
+        )
+    if x.shape[-1] == 0 or x.shape[-2] == 0:
+        raise ValueError(f"{who}: expected non-empty images, got shape {tuple(x.shape)}.")
+    if reads_values(x, check_finite) and x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{who}: the input contains NaN or Inf values.")
+    unbatched = x.ndim == 3
+    return (x.unsqueeze(0) if unbatched else x), unbatched
+
+
+def reads_values(x: Tensor, check_finite: bool | None) -> bool:
+    """Whether value checks may read ``x`` on the host: on the CPU by default, everywhere with ``check_finite``."""
+    return x.device.type == "cpu" if check_finite is None else bool(check_finite)
+
+
+def check_anchor(anchor: Any, x: Tensor, who: str) -> None:
+    """``anchor`` must be ``encoder(x)``: a tensor on ``x``'s device with one row of at least one value per sample."""
+    if anchor is None:
+        return
+    if not isinstance(anchor, Tensor) or anchor.ndim < 2 or anchor.shape[0] != x.shape[0]:
+        shape = tuple(anchor.shape) if isinstance(anchor, Tensor) else type(anchor).__name__
+        raise ValueError(f"anchor: expected encoder(x), a tensor with {x.shape[0]} rows (B, D), got {shape}.")
+    if anchor.device != x.device:
+        raise ValueError(f"anchor: expected a tensor on {x.device} like the input, got one on {anchor.device}.")
+
+
+def check_encoder(encoder: Any, x: Tensor, who: str, builtin_loss: bool) -> None:
+    """The encoder's device must be the input's; for the built-in loss, its dtype too (unless autocast is on)."""
+    if not isinstance(encoder, nn.Module):
+        return
+    param = next((p for p in encoder.parameters() if p.is_floating_point()), None)
+    if param is None:
+        return
+    if param.device != x.device:
+        raise ValueError(f"{who}: input is on {x.device} but the encoder is on {param.device}.")
+    if builtin_loss and param.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"{who}: the built-in loss runs encoder(x_adv) in the input's dtype {x.dtype}, but the encoder's "
+            f"parameters are {param.dtype}; convert one of them, run under torch.autocast, or pass loss_fn=."
+        )
+
+
+def resolve_loss(
+    loss_fn: Any,
+    encoder: Callable[[Tensor], Tensor] | None,
+    builtin: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+    who: str,
+) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
+    """The objective of one call: ``loss_fn`` (with ``encoder``'s BatchNorm statistics frozen) or the built-in one."""
+    if loss_fn is None:
+        if encoder is None:
+            raise ValueError(
+                f"{who} has no loss to increase: pass encoder=<model> (built-in NT-Xent) or "
+                "loss_fn=<callable(x, x_adv) -> scalar>, at construction or per call."
+            )
+        return builtin
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn: expected a callable loss_fn(x, x_adv) -> scalar, got {type(loss_fn).__name__}.")
+    if isinstance(encoder, nn.Module):
+
+        def protected(x: Tensor, x_adv: Tensor, anchor: Tensor | None) -> Tensor:
+            with frozen_batchnorm_stats(encoder):
+                return loss_fn(x, x_adv)
+
+        return protected
+    return lambda x, x_adv, anchor: loss_fn(x, x_adv)

@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from idaa_transforms.hub import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
+from idaa_transforms._cli import HelpFormatter, finite_float, positive_float
+from idaa_transforms._hub import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, CheckpointError, write_model_card
 from idaa_transforms.vae import IdentityVAE, ResidualBlock, VAEConfig
 
 __all__ = [
@@ -155,6 +156,12 @@ def _unwrap(obj: object, source: str) -> dict[str, Tensor]:
     return tensors
 
 
+def _first_line(err: BaseException) -> str:
+    """``err`` in a few words: its type, and the first line of its message where that says something."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text[:120]}" if len(text) > 8 else type(err).__name__
+
+
 def load_original_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read an original checkpoint with ``torch.load(..., weights_only=True)`` and return its tensor dict.
 
@@ -165,16 +172,25 @@ def load_original_state_dict(path: str | Path) -> dict[str, Tensor]:
         ConversionError: the file is missing, unreadable, or holds no state dict.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConversionError(f"{path}: is a folder; pass the .pth file that the original code saved.")
     if not path.is_file():
         raise ConversionError(f"{path}: no such file.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConversionError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({first}). If it holds a whole pickled "
-            "model, load it with the original code and save model.state_dict() instead."
-        ) from None
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):
+            raise ConversionError(
+                f"{path}: holds Python objects other than tensors (a whole pickled model?), which are never "
+                "unpickled here; load it with the original code and save model.state_dict() instead."
+            ) from None
+        raise ConversionError(f"{path}: not a PyTorch checkpoint (its bytes are not a tensor pickle); expected the "
+                              ".pth file that the original code saved with torch.save(model.state_dict(), ...).") \
+            from None
+    except Exception as err:  # torch.load fails on other files with many types (KeyError, EOFError, RuntimeError...)
+        raise ConversionError(f"{path}: not a PyTorch checkpoint, or a cut-off one ({_first_line(err)}); expected "
+                              "the .pth file that the original code saved with torch.save(model.state_dict(), ...).") \
+            from None
     return _unwrap(obj, str(path))
 
 
@@ -289,23 +305,14 @@ def to_original_state_dict(vae: IdentityVAE) -> dict[str, Tensor]:
 
 
 # -- writing -----------------------------------------------------------------------------------------------------
-def _model_card(vae: IdentityVAE, checkpoint: Path, digest: str) -> str:
-    from huggingface_hub import ModelCardData
-
+def _write_model_card(folder: Path, vae: IdentityVAE, checkpoint: Path, digest: str) -> Path:
     cfg = vae.config
     variant = _variant(cfg)
     class_name = ORIGINAL_VARIANTS[variant]["class_name"]
-    data = ModelCardData(library_name="idaa_transforms", tags=["idaa", "vae", "converted", variant])
     mean = ", ".join(f"{m:g}" for m in cfg.input_mean)
     std = ", ".join(f"{s:g}" for s in cfg.input_std)
-    return f"""---
-{data.to_yaml()}
----
-
-# IDAA identity VAE ({variant}), converted from the original checkpoint
-
-This checkpoint was **converted** with `idaa-convert-original` (`idaa_transforms.convert`) from the original
-IDAA implementation's `{class_name}` weights (Yang et al., *Identity-Disentangled Adversarial Augmentation for
+    summary = f"""This checkpoint was **converted** with `idaa-convert-original` (`idaa_transforms.convert`) from the
+original IDAA implementation's `{class_name}` weights (Yang et al., *Identity-Disentangled Adversarial Augmentation for
 Self-supervised Learning*, ICML 2022). It was not trained with `idaa_transforms`.
 
 | | |
@@ -321,22 +328,29 @@ Self-supervised Learning*, ICML 2022). It was not trained with `idaa_transforms`
 Every tensor, BatchNorm running statistics included, was copied unchanged; only the names differ. In eval mode the
 converted model reproduces the original's `mu = fc11(encoder(x))` and `G(x) = bn(tanh(decoder(fc21(mu))))`. Its
 inputs and outputs live in the normalised space above (the output BatchNorm maps back to it), so give
-`IDAATransform` the normalisation your own pipeline applies and it converts between the two.
-
-## Usage
-
-```python
+`IDAATransform` the normalisation your own pipeline applies and it converts between the two."""
+    usage = f"""```python
 from idaa_transforms import IDAATransform, IdentityVAE
 
 vae = IdentityVAE.from_pretrained("path/to/this/folder")
 # mean/std: the normalisation your data pipeline applies (here the one the VAE was trained with)
 idaa = IDAATransform(vae, encoder=model, mean=({mean}), std=({std}))
-```
+```"""
+    licence = ("The weights are those of the original release: their terms apply, check them before redistributing "
+               "this folder.")
+    return write_model_card(folder, title=f"IDAA identity VAE ({variant}), converted from the original checkpoint",
+                            summary=summary, sections={"Usage": usage, "License": licence},
+                            tags=["idaa", "vae", "converted", variant])
 
-## License
 
-The weights are those of the original release: their terms apply, check them before redistributing this folder.
-"""
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an ``out_dir`` that is a file, or that holds files the conversion writes (unless ``overwrite``)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConversionError(f"out_dir: {out_dir} is a file, not a folder; give a folder for the checkpoint.")
+    existing = [name for name in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE) if (out_dir / name).exists()]
+    if existing and not overwrite:
+        raise ConversionError(f"out_dir: {out_dir} already holds {', '.join(existing)}; choose another folder or "
+                              "pass overwrite=True (--overwrite) to replace them.")
 
 
 def convert_original_checkpoint(
@@ -349,32 +363,35 @@ def convert_original_checkpoint(
 ) -> IdentityVAE:
     """Convert an original IDAA VAE checkpoint into a checkpoint folder loadable with ``IdentityVAE.from_pretrained``.
 
+    Nothing is written until the whole file has been read and converted; each output file is then written through a
+    temporary file and a rename, so an interrupted run leaves the previous files whole.
+
     Args:
         checkpoint: the ``.pth``/``.pt`` file saved by the original code (a ``state_dict``, possibly wrapped under
             ``"state_dict"`` or ``"model"``, possibly with ``module.`` prefixes).
         out_dir: the folder to write ``config.json``, ``model.safetensors`` and ``README.md`` to (created).
-        input_mean, input_std: override the variant's input normalisation (pixel units).
-        overwrite: replace an existing checkpoint in ``out_dir``.
+        input_mean, input_std: override the variant's input normalisation (pixel units; finite, std positive).
+        overwrite: replace those files where ``out_dir`` already holds any of them.
 
     Returns:
         The converted VAE, in eval mode.
 
     Raises:
-        ConversionError: the file cannot be read or is not an original VAE, or ``out_dir`` already holds a
-            checkpoint and ``overwrite`` is false.
+        ConversionError: the file cannot be read or is not an original VAE, ``out_dir`` is a file, cannot be written,
+            or already holds one of the output files and ``overwrite`` is false.
     """
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    existing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if (out_dir / name).exists()]
-    if existing and not overwrite:
-        raise ConversionError(
-            f"{out_dir} already holds {', '.join(existing)}; choose another folder or pass overwrite=True "
-            "(--overwrite)."
-        )
+    _check_out_dir(out_dir, overwrite)
     vae = convert_state_dict(load_original_state_dict(checkpoint), source=str(checkpoint),
                              input_mean=input_mean, input_std=input_std)
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    vae.save_pretrained(out_dir)
-    (out_dir / "README.md").write_text(_model_card(vae, checkpoint, digest))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_model_card(out_dir, vae, checkpoint, digest)
+        vae.save_pretrained(out_dir)  # keeps the card just written
+    except OSError as err:
+        raise ConversionError(f"out_dir: cannot write to {out_dir} ({err.strerror or err}); choose a writable "
+                              "folder.") from None
     return vae
 
 
@@ -382,16 +399,19 @@ def convert_original_checkpoint(
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="idaa-convert-original",
-        description="Convert a VAE checkpoint of the original IDAA code (CVAE_cifar_withbn or CVAE_imagenet_withbn) "
+        description="Convert a VAE checkpoint of the original IDAA code (CVAE_cifar_withbn or CVAE_imagenet_withbn)\n"
                     "into an idaa_transforms checkpoint folder (config.json, model.safetensors, README.md).",
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("checkpoint", type=Path, help="the original .pth file (a state_dict)")
     parser.add_argument("out_dir", type=Path, help="folder to write the converted checkpoint to")
-    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+    parser.add_argument("--mean", type=finite_float, nargs=3, metavar=("R", "G", "B"),
                         help="input normalisation mean of the original training (default: the variant's)")
-    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+    parser.add_argument("--std", type=positive_float, nargs=3, metavar=("R", "G", "B"),
                         help="input normalisation std of the original training (default: the variant's)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in out_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the config.json, model.safetensors and README.md already in out_dir")
     return parser
 
 

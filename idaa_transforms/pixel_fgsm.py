@@ -1,18 +1,29 @@
-"""A pixel-space one-step FGSM view, the CLAE-style alternative to IDAA, with the same call signature.
+"""A pixel-space one-step FGSM view, the CLAE-style alternative to IDAA, behind the same :class:`Adversary` protocol.
 
 ``x_adv = x + eps * sign(dL/dx)``: the same loss, the same single gradient step, but in pixel space instead of the
-VAE's latent space. It slots in wherever an :class:`~idaa_transforms.IDAATransform` is called
-(``view(x, loss_fn=None, anchor=None)``), so a trainer can swap one for the other.
+VAE's latent space. It is called like an :class:`~idaa_transforms.IDAATransform`
+(``view(x, *, loss_fn=None, anchor=None)``), so a trainer can swap one for the other.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from idaa_transforms.attack import LossFn, encoder_loss, loss_gradient
+from idaa_transforms.attack import (
+    LossFn,
+    check_anchor,
+    check_encoder,
+    check_images,
+    encoder_loss,
+    loss_gradient,
+    reads_values,
+    require_autograd,
+    resolve_loss,
+)
 
 __all__ = ["PixelFGSM", "matched_pixel_eps"]
 
@@ -22,11 +33,23 @@ class PixelFGSM(nn.Module):
 
     Args:
         encoder: the model under training (built-in loss: NT-Xent between ``encoder(x)`` and ``encoder(x_adv)``);
-            referenced, not owned: its grads, modes and BatchNorm statistics are left untouched.
+            referenced, not owned: its grads, modes and BatchNorm statistics are left untouched, also during calls
+            of a ``loss_fn``.
         loss_fn: ``loss_fn(x, x_adv) -> scalar`` instead of the built-in loss.
         eps: L-inf size of the step, in the input's units.
         temperature: NT-Xent temperature of the built-in loss.
         use_adversarial_bn: run the encoder through its adversarial BatchNorms.
+        check_finite: read the input's and the loss's values to reject NaN/Inf; ``None`` checks CPU tensors only
+            (on an accelerator the check forces a host-device synchronisation).
+
+    Shape:
+        - Input: ``(B, C, H, W)`` or ``(C, H, W)``, any floating dtype.
+        - Output: like the input, detached.
+
+    Raises:
+        ValueError: for arguments out of range, inputs of the wrong rank or values, a bad ``anchor`` or loss.
+        TypeError: for non-tensor or non-floating-point inputs, or non-callable encoders and losses.
+        RuntimeError: when called under ``torch.inference_mode()``, which forbids the gradient the step takes.
 
     Example:
         >>> encoder = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
@@ -37,28 +60,41 @@ class PixelFGSM(nn.Module):
     """
 
     def __init__(self, encoder: Callable[[Tensor], Tensor] | None = None, loss_fn: LossFn | None = None, *,
-                 eps: float = 0.03, temperature: float = 0.5, use_adversarial_bn: bool = False) -> None:
+                 eps: float = 0.03, temperature: float = 0.5, use_adversarial_bn: bool = False,
+                 check_finite: bool | None = None) -> None:
         super().__init__()
-        if not eps >= 0:
-            raise ValueError(f"eps out of bounds. Expected a number >= 0, got {eps!r}.")
-        if encoder is None and loss_fn is None:
-            raise ValueError("PixelFGSM needs a loss to increase: pass encoder=<model> or loss_fn=<callable>.")
+        for name, value, low in (("eps", eps, 0.0), ("temperature", temperature, 1e-8)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < math.inf:
+                raise ValueError(f"{name} out of bounds. Expected a finite number >= {low}, got {value!r}.")
+        if encoder is not None and not callable(encoder):
+            raise TypeError(f"encoder: expected a callable (an nn.Module), got {type(encoder).__name__}.")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn: expected a callable loss_fn(x, x_adv) -> scalar, got {type(loss_fn).__name__}.")
         self.__dict__["encoder"] = encoder  # referenced, not registered
         self.loss_fn = loss_fn
         self.eps = float(eps)
         self.temperature = float(temperature)
         self.use_adversarial_bn = bool(use_adversarial_bn)
+        self.check_finite = check_finite
 
-    def forward(self, x: Tensor, loss_fn: LossFn | None = None, anchor: Tensor | None = None) -> Tensor:
-        user_loss = loss_fn or self.loss_fn
+    def forward(self, x: Tensor, *, loss_fn: LossFn | None = None, anchor: Tensor | None = None) -> Tensor:
+        """Return ``x + eps * sign(dL/dx)``, detached (see :class:`~idaa_transforms.attack.Adversary`)."""
+        require_autograd("PixelFGSM")
+        x, unbatched = check_images(x, "PixelFGSM", self.check_finite)
+        loss = resolve_loss(loss_fn if loss_fn is not None else self.loss_fn, self.encoder, self._encoder_loss,
+                            "PixelFGSM")
+        check_encoder(self.encoder, x, "PixelFGSM", builtin_loss=loss == self._encoder_loss)
+        check_anchor(anchor, x, "PixelFGSM")
+        if x.shape[0] == 0:
+            return x.detach()
         with torch.enable_grad():
             x_adv = x.detach().requires_grad_(True)
-            if user_loss is not None:
-                value = user_loss(x, x_adv)
-            else:
-                value = encoder_loss(self.encoder, x, x_adv, anchor, self.temperature, self.use_adversarial_bn)
-            grad = loss_gradient(value, x_adv)
-        return (x + self.eps * grad.sign()).detach()
+            grad = loss_gradient(loss(x, x_adv, anchor), x_adv, check_finite=reads_values(x, self.check_finite))
+        out = (x + self.eps * grad.sign()).detach()
+        return out.squeeze(0) if unbatched else out
+
+    def _encoder_loss(self, x: Tensor, x_adv: Tensor, anchor: Tensor | None) -> Tensor:
+        return encoder_loss(self.encoder, x, x_adv, anchor, self.temperature, self.use_adversarial_bn)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}"
@@ -69,6 +105,11 @@ def matched_pixel_eps(x: Tensor, x_adv: Tensor) -> float:
 
     A signed step of size ``eps`` on ``D`` pixels has L2 norm ``eps * sqrt(D)``; matching L2 norms gives both attacks
     the same strength budget.
+
+    Example:
+        >>> x = torch.zeros(2, 3, 4, 4)
+        >>> round(matched_pixel_eps(x, x + 0.5), 6)
+        0.5
     """
     norms = (x_adv - x).flatten(1).norm(dim=1)
     return float(norms.mean()) / x[0].numel() ** 0.5

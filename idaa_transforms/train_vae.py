@@ -21,6 +21,7 @@ Offline (the photographs that install with scikit-image / scikit-learn)::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import shlex
@@ -39,6 +40,7 @@ from idaa_transforms._cli import HelpFormatter, non_negative_float, positive_flo
 from idaa_transforms._files import (atomic_torch_save, atomic_write_bytes, atomic_write_jsonl, atomic_write_text,
                                     changed_settings,
                                     load_torch_state, prepare_run_dir)
+from idaa_transforms._hub import write_model_card
 from idaa_transforms._rng import rng_state, set_rng_state
 from idaa_transforms.data import DATASETS, EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS, batches, load_images, \
     photo_crops, to_float_images
@@ -52,7 +54,9 @@ METRICS = "metrics.jsonl"
 #: Files whose presence means a previous run lives in the output folder.
 RUN_FILES = (STATE, METRICS, "model.safetensors", "config.json", "README.md", "reconstructions.png")
 #: Settings that may change when a run is resumed: they do not change what it computes.
-RESUMABLE = ("resume", "overwrite", "save_every", "no_progress", "out", "data_dir", "download", "device")
+RESUMABLE = ("resume", "overwrite", "save_every", "save_dtype", "no_progress", "out", "data_dir", "download",
+             "device")
+SAVE_DTYPES = ("float32", "float16", "bfloat16")
 AUGMENTS = ("simclr", "flip")
 #: AdamW betas of the original training.
 BETAS = (0.0, 0.9)
@@ -102,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stop-after", type=positive_int, default=None,
                      help="stop (resumably) after this many epochs of this invocation, e.g. to fit a time limit")
     run.add_argument("--save-every", type=positive_int, default=10, help="epochs between checkpoints")
+    run.add_argument("--save-dtype", default="float32", choices=SAVE_DTYPES,
+                     help="dtype of the saved weights (loaded back into float32); float16 halves the folder")
     run.add_argument("--no-progress", action="store_true", help="disable progress bars")
     return parser
 
@@ -270,45 +276,25 @@ def save_reconstruction_grid(vae: IdentityVAE, images: Tensor, path: Path, count
 
 
 # -- the model card -----------------------------------------------------------------------------------------------
-def _model_card(args: argparse.Namespace, config: VAEConfig, about: str, epochs_done: int, report: dict[str, Any],
-                command: str, seconds: float, images_per_second: float) -> str:
+def _write_card(out: Path, args: argparse.Namespace, config: VAEConfig, about: str, epochs_done: int,
+                report: dict[str, Any], command: str, seconds: float, images_per_second: float) -> None:
     def table(part: dict[str, Any]) -> str:
         rows = [f"| **this VAE, G(x)** | **{part['psnr']:.2f}** (MSE {part['mse']:.5f}) |"]
         rows += [f"| {name} | {psnr:.2f} |" for name, psnr in part["baselines_psnr"].items()]
         return "| model | PSNR (dB) |\n|---|---|\n" + "\n".join(rows)
 
-    images, views = report["images"], report["simclr_views"]
-    return f"""---
-library_name: idaa_transforms
-tags:
-- idaa
-- vae
-- image-augmentation
----
-
-# IdentityVAE ({args.dataset}, {config.image_size} px, latent {config.latent_dim}, width {config.width})
-
-The generative model of an `idaa_transforms.IDAATransform` (identity-disentangled adversarial augmentation):
-`G(x) = decode(encode(x))` is the VAE's reconstruction, blurry by design, and the residual `R(x) = x - G(x)` keeps
-most of the identity-distinctive detail. IDAA moves the latent of `G(x)` and adds the original `R(x)` back.
-
-```python
-from idaa_transforms import IDAATransform
-idaa = IDAATransform.from_pretrained("<this repo or folder>", encoder=model, eps=0.1)
-```
-
-## Training data
-{about}
-
-## Training
-- views: {'the authors SimCLR views (RandomResizedCrop scale 0.08-1, flip, ColorJitter 0.8/0.8/0.8/0.2 p 0.8, greyscale p 0.2)' if args.augment == 'simclr' else 'horizontal flips'}, made on the device
+    views = ("the authors' SimCLR views (RandomResizedCrop scale 0.08-1, flip, ColorJitter 0.8/0.8/0.8/0.2 with p 0.8, "
+             "greyscale with p 0.2)" if args.augment == "simclr" else "horizontal flips")
+    images, simclr = report["images"], report["simclr_views"]
+    training = f"""- views: {views}, made on the device
 - objective: pixel MSE + {args.kl_weight} x KL (KL normalised by batch x channels x latent size, as in the original)
-- optimiser: AdamW (betas {BETAS[0]}, {BETAS[1]}), lr {args.lr} decaying linearly to 0, weight decay {args.weight_decay}, batch {args.batch_size}
-- epochs: {epochs_done} of {args.epochs}; device: {args.device}{' (bf16 autocast)' if args.amp else ''}; training time {seconds / 60:.1f} min ({images_per_second:.0f} images/s)
-- command: `{command}`
-
-## Held-out reconstruction
-On the {report['count']} held-out images described above, in [0, 1] pixel space. PSNR of `G(x)` against `x`,
+- optimiser: AdamW (betas {BETAS[0]}, {BETAS[1]}), lr {args.lr} decaying linearly to 0, weight decay \
+{args.weight_decay}, batch {args.batch_size}
+- epochs: {epochs_done} of {args.epochs}; device: {args.device}{' (bf16 autocast)' if args.amp else ''}; training \
+time {seconds / 60:.1f} min ({images_per_second:.0f} images/s)
+- weights stored as {args.save_dtype} (loaded into float32)
+- command: `{command}`"""
+    held_out = f"""On the {report['count']} held-out images described above, in [0, 1] pixel space. PSNR of `G(x)` against `x`,
 beside baselines that remove detail without learning anything (each image's mean colour, bilinear down- and
 up-sampling by 2, 4 and 8, Gaussian blurs). Colour kept: the mean per-pixel standard deviation across R, G, B of
 `G(x)` over that of `x` (1.0: all colour kept).
@@ -317,14 +303,29 @@ up-sampling by 2, 4 and 8, Gaussian blurs). Colour kept: the mean per-pixel stan
 
 {table(images)}
 
-**SimCLR views of the test images** (the views the VAE is attacked on in training; seeded): colour kept
-{views['colour_ratio']:.3f}
+**SimCLR views of the test images** (the kind of views the VAE is attacked on in training; seeded): colour kept
+{simclr['colour_ratio']:.3f}
 
-{table(views)}
+{table(simclr)}
 
 `G(x) + R(x) == x` whatever the PSNR: a sharper VAE is not automatically a better one for IDAA, whose point is that
-the latent step changes `G(x)` while `R(x)` keeps the identity.
-"""
+the latent step changes `G(x)` while `R(x)` keeps the identity."""
+    write_model_card(
+        out,
+        title=f"IdentityVAE ({args.dataset}, {config.image_size} px, latent {config.latent_dim}, width {config.width})",
+        summary="The generative model of an `idaa_transforms.IDAATransform` (identity-disentangled adversarial "
+                "augmentation): `G(x) = decode(encode(x))` is the VAE's reconstruction, blurry by design, and the "
+                "residual `R(x) = x - G(x)` keeps most of the identity-distinctive detail. IDAA moves the latent of "
+                "`G(x)` and adds the original `R(x)` back.",
+        sections={
+            "Usage": "```python\nfrom idaa_transforms import IDAATransform\n"
+                     "idaa = IDAATransform.from_pretrained(\"<this repo or folder>\", encoder=model, eps=0.1)\n```",
+            "Training data": about,
+            "Training": training,
+            "Held-out reconstruction": held_out,
+        },
+        tags=["idaa", "vae", "image-augmentation"],
+    )
 
 
 # -- training -----------------------------------------------------------------------------------------------------
@@ -428,8 +429,8 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
     vae.eval()
     report = held_out_report(vae, held_images, args.image_size, seed=args.seed)
     rate = images_seen / seconds if seconds else 0.0
-    vae.save_pretrained(out)
-    atomic_write_text(out / "README.md", _model_card(args, config, about, epochs_done, report, command, seconds, rate))
+    copy.deepcopy(vae).to(getattr(torch, args.save_dtype)).save_pretrained(out)  # integer buffers stay as they are
+    _write_card(out, args, config, about, epochs_done, report, command, seconds, rate)
     atomic_write_text(out / "held_out.json", json.dumps(
         {"epochs": epochs_done, "seconds": seconds, "images_per_second": rate, **report}, indent=2) + "\n")
     save_reconstruction_grid(vae, held_images, out / "reconstructions.png")

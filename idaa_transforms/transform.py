@@ -2,16 +2,21 @@
 
 For a batch ``x`` the transform
 
-1. splits it with the VAE into the identity part ``G(x) = decode(encode(x))`` and the residual ``R(x) = x - G(x)``;
+1. splits it with the VAE into its reconstruction ``G(x) = decode(encode(x))`` and the residual ``R(x) = x - G(x)``,
+   which keeps most of the identity-distinctive information of each image (what the VAE cannot reconstruct);
 2. takes ``steps`` signed-gradient steps on the latent ``z`` that *increase* a loss ``L(x, x_adv)``, where
    ``x_adv(z) = decode(z) + R(x)``, staying in an ``eps``-ball around the posterior mean;
 3. returns ``decode(z_adv) + R(x)``, detached.
 
-Only ``z`` moves, so the sample changes along the VAE's manifold and keeps its fine detail ``R(x)``.
+Only ``z`` moves: the reconstruction ``G(x)`` is perturbed along the VAE's manifold and the original residual ``R(x)``
+is added back, so the view becomes harder while keeping the sample's identity.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -19,60 +24,110 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from idaa_transforms._hub import HubOptions
 from idaa_transforms.attack import LossFn, encoder_loss, loss_gradient
+from idaa_transforms.attack import (
+    LossFn,
+    check_anchor,
+    check_encoder,
+    check_images,
+    encoder_loss,
+    loss_gradient,
+    reads_values,
+    require_autograd,
+    resolve_loss,
+)
 from idaa_transforms.vae import IdentityVAE
 
 __all__ = ["IDAATransform", "Decomposition", "LossFn"]
 
 NORMS = ("linf", "l2")
+#: Inputs below/above these values, without ``mean``/``std``, are taken for normalised images (a warning, once).
+PIXEL_RANGE_SLACK = 0.5
+#: Inputs more than this many times the VAE's resolution draw a warning (once): the VAE sees them downsampled.
+RESOLUTION_RATIO = 2
 
 
 class Decomposition(NamedTuple):
-    """``x == identity + residual``; ``latent`` is the posterior mean that ``identity`` was decoded from."""
+    """``x == reconstruction + residual``, in the caller's space and dtype.
 
-    identity: Tensor
+    Attributes:
+        reconstruction: ``G(x) = decode(encode(x))``, the VAE's reconstruction, at ``x``'s resolution.
+        residual: ``R(x) = x - G(x)``, what the VAE cannot reconstruct; it keeps most identity-distinctive detail.
+        latent: the posterior mean that ``reconstruction`` was decoded from, ``(B, latent_dim)``.
+    """
+
+    reconstruction: Tensor
     residual: Tensor
     latent: Tensor
 
+    @property
+    def identity(self) -> Tensor:
+        """Deprecated name of :attr:`reconstruction` (``G(x)`` is not the identity part: ``R(x)`` carries it)."""
+        warnings.warn(
+            "Decomposition.identity is deprecated and will be removed; use .reconstruction (G(x)).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.reconstruction
 
-def _check_range(name: str, value: float, low: float, high: float = float("inf")) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        bounds = f"[{low}, {high}]" if high != float("inf") else f">= {low}"
-        raise ValueError(f"{name} out of bounds. Expected a number in {bounds}, got {value!r}.")
+
+def _check_range(name: str, value: float, low: float, high: float = math.inf) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high
+            or not math.isfinite(value)):
+        bounds = f"[{low}, {high}]" if high != math.inf else f">= {low}"
+        raise ValueError(f"{name} out of bounds. Expected a finite number in {bounds}, got {value!r}.")
     return float(value)
 
 
-def _per_channel(name: str, values: float | Sequence[float] | None, channels: int) -> Tensor | None:
+def _per_channel(name: str, values: float | Sequence[float] | Tensor | None, channels: int) -> Tensor | None:
     if values is None:
         return None
-    t = torch.as_tensor(values, dtype=torch.float32).flatten()
+    is_number = isinstance(values, (int, float)) and not isinstance(values, bool)
+    is_list = isinstance(values, (list, tuple)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if not (is_number or is_list or (isinstance(values, Tensor) and values.is_floating_point())):
+        raise TypeError(f"{name}: expected a number or one number per channel, got {values!r}.")
+    t = torch.as_tensor(values, dtype=torch.float32).detach().cpu().flatten()
     if t.numel() == 1:
         t = t.expand(channels)
     if t.numel() != channels:
         raise ValueError(f"{name}: expected 1 or {channels} values (one per channel), got {t.numel()}.")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name}: expected finite values, got {t.tolist()}.")
     return t.clone().view(1, channels, 1, 1)
 
 
-def _posterior_mean(vae: IdentityVAE, v: Tensor) -> Tensor:
-    """``vae.encode(v).mu`` without the log-variance head, which the transform never uses.
-
-    A VAE whose ``encode`` is overridden (a subclass, or an instance attribute such as a compiled ``encode``) is
-    called through it unchanged.
-    """
-    if type(vae).encode is not IdentityVAE.encode or "encode" in vars(vae):
-        return vae.encode(v).mu
-    return vae.fc_mu(vae.encoder_trunk(vae.encoder_stages(v)).flatten(1))
+def _generator(generator: torch.Generator | int | None) -> torch.Generator | None:
+    if isinstance(generator, int) and not isinstance(generator, bool):
+        if not -(2**63) <= generator < 2**64:
+            raise ValueError(f"generator: expected an int seed in [-2**63, 2**64), got {generator!r}.")
+        return torch.Generator().manual_seed(generator)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or an int seed, got {type(generator).__name__}.")
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(f"generator: expected a CPU generator (draws are tiny), got one on {generator.device}.")
+    return generator
 
 
 class IDAATransform(nn.Module):
     r"""Identity-disentangled adversarial augmentation (Yang et al., ICML 2022) for batches on any device.
 
+    The VAE splits ``x`` into its reconstruction ``G(x)`` and the residual ``R(x) = x - G(x)``, which keeps most
+    identity-distinctive information; the transform perturbs ``G(x)`` through the VAE's latent, in the direction that
+    increases the loss, and adds the original ``R(x)`` back.
+
     Args:
-        vae: the :class:`IdentityVAE` that defines ``G``; it becomes a submodule and always runs in eval mode.
+        vae: the :class:`IdentityVAE` that defines ``G``. It is frozen (``requires_grad`` off, eval mode) and held
+            outside the module tree: it never appears in ``parameters()``, ``buffers()`` or ``state_dict()`` of the
+            transform or of a model holding it (so optimisers, DDP and checkpoints leave it alone), but follows
+            ``.to()``, ``.cuda()``, ``.half()`` like a submodule. Save it with ``idaa.vae.save_pretrained(path)``.
         encoder: the model under training, used for the built-in loss ``nt_xent(encoder(x), encoder(x_adv))``.
             It is referenced, not owned (not a submodule): its ``.grad``, train/eval flags and BatchNorm running
-            statistics are left untouched.
-        loss_fn: ``loss_fn(x, x_adv) -> scalar`` to increase instead of the built-in loss.
+            statistics are left untouched, also during calls of a ``loss_fn`` (see
+            :func:`~idaa_transforms.frozen_batchnorm_stats` for models the transform does not know).
+        loss_fn: ``loss_fn(x, x_adv) -> scalar`` to increase instead of the built-in loss; it returns the loss and
+            leaves ``.backward()`` to the transform.
         eps: radius of the latent perturbation (L-inf or L2 ball around the posterior mean).
         steps: gradient-ascent steps; 1 is the paper's FGSM step.
         step_size: size of each step; default ``eps`` for one step, ``2.5 * eps / steps`` otherwise.
@@ -81,28 +136,33 @@ class IDAATransform(nn.Module):
             ``"l2"``, a uniform direction at a radius uniform in ``[0, eps]``.
         p: probability that a sample is augmented; the others are returned unchanged and cost nothing.
         mean, std: the normalisation the caller applied before the transform (per channel, pixel units);
-            ``None`` means inputs are plain [0, 1] pixels.
+            ``None`` means inputs are plain [0, 1] pixels (inputs well outside [0, 1] then draw a warning, once).
         clamp: clip the output to the valid pixel range ([0, 1] pixels, mapped through ``mean``/``std``).
         temperature: NT-Xent temperature of the built-in loss.
         use_adversarial_bn: run the attack's encoder passes inside :func:`~idaa_transforms.adversarial_bn`, for
             encoders converted with :func:`~idaa_transforms.convert_to_dual_bn`; without ``anchor=`` this includes
             the built-in loss's pass on ``x`` (as in the original ResNet-18 code).
-        check_finite: reject NaN/Inf inputs. ``None`` checks CPU tensors only, since on an accelerator the check
-            forces a host-device synchronisation.
+        check_finite: read the input's and the loss's values to reject NaN/Inf (and to warn about un-normalised
+            ranges). ``None`` checks CPU tensors only, since on an accelerator the check forces a host-device
+            synchronisation.
         generator: a ``torch.Generator`` on the CPU, or an int seed, for the sample selection and random start.
 
     Shape:
-        - Input: ``(B, C, H, W)`` or ``(C, H, W)``, any ``H, W`` (the VAE runs at its own resolution).
+        - Input: ``(B, C, H, W)`` or ``(C, H, W)``, any ``H, W`` (the VAE runs at its own resolution), any floating
+          dtype (the VAE runs in its own dtype), or a torchvision v2 sample (see :meth:`forward`).
         - Output: like the input: same shape, dtype and device, detached.
 
     Raises:
         ValueError: for arguments out of range or inputs of the wrong rank, channels, device or values.
-        TypeError: for non-tensor or non-floating-point inputs.
+        TypeError: for non-tensor or non-floating-point inputs, or an encoder whose dtype differs from the input's.
+        RuntimeError: when called under ``torch.inference_mode()``, which forbids the gradient the attack takes.
 
     Notes:
         An empty batch is returned unchanged. With one sample the built-in NT-Xent has no negatives, so the
         built-in loss becomes its alignment term, the negative cosine similarity. The encoder is called directly,
-        so pass ``ddp_model.module`` rather than a ``DistributedDataParallel`` wrapper.
+        so pass ``ddp_model.module`` rather than a ``DistributedDataParallel`` wrapper. IDAA is not invertible: in
+        ``kornia.augmentation.AugmentationSequential.inverse()`` it stays applied (kornia inverts only geometric
+        steps).
 
     Example:
         >>> from idaa_transforms import IdentityVAE, VAEConfig
@@ -113,8 +173,10 @@ class IDAATransform(nn.Module):
         >>> idaa(x).shape
         torch.Size([4, 3, 32, 32])
         >>> parts = idaa.decompose(x)
-        >>> bool(torch.allclose(parts.identity + parts.residual, x, atol=1e-6))
+        >>> bool(torch.allclose(parts.reconstruction + parts.residual, x, atol=1e-6))
         True
+        >>> list(idaa.parameters())  # the VAE is frozen and kept out of the module tree
+        []
     """
 
     def __init__(
@@ -162,61 +224,76 @@ class IDAATransform(nn.Module):
         self.use_adversarial_bn = bool(use_adversarial_bn)
         self.check_finite = check_finite
         self.loss_fn = loss_fn
-        # Referenced, not registered: the encoder belongs to the caller.
-        self.__dict__["encoder"] = encoder
-        if isinstance(generator, int) and not isinstance(generator, bool):
-            generator = torch.Generator().manual_seed(generator)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator: expected a torch.Generator or an int seed, got {type(generator).__name__}.")
-        if generator is not None and generator.device.type != "cpu":
-            raise ValueError(f"generator: expected a CPU generator (draws are tiny), got one on {generator.device}.")
-        self.generator = generator
+        self.encoder = encoder  # referenced, not registered: it belongs to the caller (see __setattr__)
+        self.generator = _generator(generator)
+        self._warned: set[str] = set()
 
-        self.vae = vae.eval()
         cfg = vae.config
         channels = cfg.in_channels
         user_mean = _per_channel("mean", mean, channels)
         user_std = _per_channel("std", std, channels)
         if user_std is not None and bool((user_std <= 0).any()):
             raise ValueError(f"std: expected positive values, got {user_std.flatten().tolist()}.")
+        self._normalised = user_mean is not None
         user_mean = torch.zeros(1, channels, 1, 1) if user_mean is None else user_mean
         user_std = torch.ones(1, channels, 1, 1) if user_std is None else user_std
         vae_mean = _per_channel("vae.config.input_mean", cfg.input_mean, channels)
         vae_std = _per_channel("vae.config.input_std", cfg.input_std, channels)
-        # VAE space = user space * scale + shift; pixels = user space * user_std + user_mean.
+        # The VAE never trains here: frozen, in eval mode, and held outside the module tree (see __setattr__).
+        self.vae = vae.requires_grad_(False).eval()
+        # VAE space = user space * scale + shift; pixels = user space * user_std + user_mean. Plain tensors, not
+        # buffers (nothing for DDP to broadcast or a checkpoint to store); _apply moves them with the VAE.
         device = next(vae.parameters()).device
-        self.register_buffer("_scale", (user_std / vae_std).to(device), persistent=False)
-        self.register_buffer("_shift", ((user_mean - vae_mean) / vae_std).to(device), persistent=False)
-        self.register_buffer("_low", (-user_mean / user_std).to(device), persistent=False)
-        self.register_buffer("_high", ((1 - user_mean) / user_std).to(device), persistent=False)
+        self._scale = (user_std / vae_std).to(device)
+        self._shift = ((user_mean - vae_mean) / vae_std).to(device)
+        self._low = (-user_mean / user_std).to(device)
+        self._high = ((1 - user_mean) / user_std).to(device)
 
-    # -- public API ----------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
         cls,
-        name_or_path: str | None = None,
+        name_or_path: str | os.PathLike | None = None,
         encoder: Callable[[Tensor], Tensor] | None = None,
         loss_fn: LossFn | None = None,
-        *,
-        revision: str | None = None,
-        cache_dir: str | None = None,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
-        map_location: str | torch.device = "cpu",
-        **options,
+        **options: Any,
     ) -> IDAATransform:
         """Build the transform on a pretrained VAE: a Hub repo id, a local folder, or ``None`` for the shipped default.
 
-        ``options`` are the constructor's keyword arguments (``eps``, ``steps``, ``p``, ...).
+        Args:
+            name_or_path, encoder, loss_fn: the checkpoint (see :meth:`IdentityVAE.from_pretrained`), then as in the
+                constructor.
+            **options: the Hub options (``revision``, ``cache_dir``, ``force_download``, ``local_files_only``,
+                ``token``, ``map_location``: see :class:`~idaa_transforms.HubOptions`), passed to
+                :meth:`IdentityVAE.from_pretrained`, and the constructor's keyword arguments (``eps``, ``steps``,
+                ``p``, ...).
 
         Example:
             >>> idaa = IDAATransform.from_pretrained(loss_fn=lambda x, x_adv: (x_adv - x).pow(2).sum(), eps=0.05)
             >>> idaa(torch.rand(2, 3, 32, 32)).shape
             torch.Size([2, 3, 32, 32])
         """
-        vae = IdentityVAE.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir,
-                                          local_files_only=local_files_only, token=token, map_location=map_location)
+        hub_options, options = HubOptions.split(options)
+        vae = IdentityVAE.from_pretrained(name_or_path, **hub_options)
         return cls(vae, encoder, loss_fn, **options)
+
+    # -- module plumbing: the VAE and the encoder are held, not registered ----------------------------------------
+    _HELD = ("vae", "encoder")
+    _CONSTANTS = ("_scale", "_shift", "_low", "_high")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._HELD or name in self._CONSTANTS:
+            self.__dict__[name] = value  # never a submodule or buffer, whatever the value is
+        else:
+            super().__setattr__(name, value)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> IDAATransform:
+        """``.to()``, ``.cuda()``, ``.half()``, ... move and cast the held VAE and constants like submodules."""
+        super()._apply(fn, recurse)
+        if recurse:
+            self.vae._apply(fn)
+        for name in self._CONSTANTS:
+            self.__dict__[name] = fn(self.__dict__[name])
+        return self
 
     def train(self, mode: bool = True) -> IDAATransform:
         """Set the mode of the transform; the VAE stays in eval mode (its statistics are part of the checkpoint)."""
@@ -224,38 +301,58 @@ class IDAATransform(nn.Module):
         self.vae.eval()
         return self
 
+    # -- public API ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def decompose(self, x: Tensor) -> Decomposition:
-        """Split ``x`` into the identity ``G(x)`` and the residual ``R(x) = x - G(x)``, in the caller's space.
+        """Split ``x`` into the reconstruction ``G(x)`` and the residual ``R(x) = x - G(x)``, in the caller's space.
+
+        Args:
+            x: the batch, ``(B, C, H, W)`` or ``(C, H, W)``, any floating dtype.
+
+        Returns:
+            A :class:`Decomposition` whose ``reconstruction`` and ``residual`` have ``x``'s shape and dtype.
 
         Example:
             >>> from idaa_transforms import IdentityVAE, VAEConfig
             >>> idaa = IDAATransform(IdentityVAE(VAEConfig(width=16, latent_dim=8)))
-            >>> idaa.decompose(torch.rand(2, 3, 48, 48)).identity.shape
+            >>> idaa.decompose(torch.rand(2, 3, 48, 48)).reconstruction.shape
             torch.Size([2, 3, 48, 48])
         """
         x, unbatched = self._check_input(x)
         mu = self._encode(x)
-        identity = self._decode(mu, x)
-        parts = Decomposition(identity, x - identity, mu)
+        reconstruction = self._decode(mu, x).to(x.dtype)
+        parts = Decomposition(reconstruction, x - reconstruction, mu)
         return Decomposition(*(t.squeeze(0) for t in parts)) if unbatched else parts
 
-    def forward(self, x: Tensor, loss_fn: LossFn | None = None, anchor: Tensor | None = None) -> Tensor:
+    def forward(self, *inputs: Any, loss_fn: LossFn | None = None, anchor: Tensor | None = None) -> Any:
         """Return the adversarial views of ``x``.
 
         Args:
-            x: the batch, ``(B, C, H, W)`` or ``(C, H, W)``.
+            inputs: the batch ``x``, ``(B, C, H, W)`` or ``(C, H, W)``; or, as in a ``torchvision.transforms.v2``
+                pipeline, a sample (tuple, dict, ... of tensors): its images (``tv_tensors.Image``, or else the first
+                plain tensor) are transformed and come back with their type; boxes, masks, labels and any other
+                entries pass through untouched.
             loss_fn: ``loss_fn(x, x_adv) -> scalar`` for this call, overriding the one given at construction.
             anchor: ``encoder(x)`` if the caller has it already (e.g. from its own forward pass); it is detached and
                 saves the built-in loss one encoder pass.
+
+        Returns:
+            ``x_adv`` like ``x`` (same shape, dtype, device; detached), or the sample with its images replaced.
         """
+        if len(inputs) == 1 and type(inputs[0]) is Tensor:  # the common case: one plain batch
+            return self._views(inputs[0], loss_fn, anchor)
+        if not inputs:
+            raise TypeError("IDAATransform: expected an image batch (B, C, H, W), got no input.")
+        return self._transform_sample(inputs if len(inputs) > 1 else inputs[0], loss_fn, anchor)
+
+    # -- the algorithm ---------------------------------------------------------------------------------------------
+    def _views(self, x: Tensor, loss_fn: LossFn | None, anchor: Tensor | None) -> Tensor:
+        require_autograd("IDAATransform")
         x, unbatched = self._check_input(x)
-        loss = self._resolve_loss(loss_fn)
-        if anchor is not None and (not isinstance(anchor, Tensor) or anchor.ndim < 1 or anchor.shape[0] != x.shape[0]):
-            shape = tuple(anchor.shape) if isinstance(anchor, Tensor) else type(anchor).__name__
-            raise ValueError(f"anchor: expected encoder(x), a tensor with {x.shape[0]} rows, got {shape}.")
-        if anchor is not None and anchor.device != x.device:
-            raise ValueError(f"anchor: expected a tensor on {x.device} like the input, got one on {anchor.device}.")
+        loss = resolve_loss(loss_fn if loss_fn is not None else self.loss_fn, self.encoder, self._encoder_loss,
+                            "IDAATransform")
+        check_encoder(self.encoder, x, "IDAATransform", builtin_loss=loss == self._encoder_loss)
+        check_anchor(anchor, x, "IDAATransform")
         if x.shape[0] == 0:
             return x.detach()
 
@@ -271,10 +368,11 @@ class IDAATransform(nn.Module):
             adv = x.detach().index_copy(0, index, self._attack(part, loss, part_anchor))
         return adv.squeeze(0) if unbatched else adv
 
-    # -- the algorithm ---------------------------------------------------------------------------------------------
     def _attack(self, x: Tensor, loss: Callable[[Tensor, Tensor, Tensor | None], Tensor], anchor: Tensor | None) -> Tensor:
         with torch.no_grad():
             mu = self._encode(x)
+        self._check_step_fits(mu.dtype)
+        check_loss = reads_values(x, self.check_finite)
         start = mu + self._random_offset(mu) if self.random_start else mu
         with torch.enable_grad():
             z = start.detach().requires_grad_(True)
@@ -288,7 +386,7 @@ class IDAATransform(nn.Module):
                 if step > 0:
                     g = self._decode(z, x)
                 value = loss(x, g.to(x.dtype) + residual, anchor)
-                grad = loss_gradient(value, z)
+                grad = loss_gradient(value, z, check_finite=check_loss)
                 with torch.no_grad():
                     z = self._ascend(z, grad, mu)
                 z = z.detach().requires_grad_(step < self.steps - 1)
@@ -306,6 +404,19 @@ class IDAATransform(nn.Module):
         delta = z - center
         return center + delta * (self.eps / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
 
+    def _check_step_fits(self, dtype: torch.dtype) -> None:
+        """``eps`` and ``step_size`` must leave the latent's arithmetic finite in ``dtype`` (pure Python, no sync)."""
+        largest = torch.finfo(dtype).max
+        if self.norm == "l2":  # the L2 norm squares and sums latent_dim components
+            limit = math.sqrt(largest / self.vae.config.latent_dim) / 4
+        else:
+            limit = largest / 4
+        if max(self.eps, self.step_size) > limit:
+            raise ValueError(
+                f"eps/step_size: {max(self.eps, self.step_size):g} overflows the VAE's {dtype} latent with "
+                f"norm={self.norm!r}; use values <= {limit:.3g} (latents are of order 1: the paper uses eps = 0.1)."
+            )
+
     def _random_offset(self, mu: Tensor) -> Tensor:
         noise = torch.rand(mu.shape, generator=self.generator) * 2 - 1
         if self.norm == "l2":  # uniform direction, radius uniform in [0, eps]
@@ -321,55 +432,65 @@ class IDAATransform(nn.Module):
         return (torch.rand(batch, generator=self.generator) < self.p).nonzero().flatten()
 
     def _encode(self, x: Tensor) -> Tensor:
-        v = x * self._scale + self._shift
+        """The posterior mean of ``x`` (caller's space, any dtype), computed in the VAE's dtype."""
+        v = (x * self._scale + self._shift).to(next(self.vae.parameters()).dtype)
         size = self.vae.config.image_size
         if v.shape[-2:] != (size, size):
             v = F.interpolate(v, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return _posterior_mean(self.vae, v)
+        return self.vae.posterior_mean(v)
 
     def _decode(self, z: Tensor, like: Tensor) -> Tensor:
-        """``G`` at latent ``z``, resized to ``like``'s resolution and mapped to the caller's space."""
+        """``G`` at latent ``z``, resized to ``like``'s resolution and mapped to the caller's space (VAE dtype)."""
         g = self.vae.decode(z)
         if g.shape[-2:] != like.shape[-2:]:
             g = F.interpolate(g, size=like.shape[-2:], mode="bilinear", align_corners=False)
         return (g - self._shift) / self._scale
 
-    def _resolve_loss(self, loss_fn: LossFn | None) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
-        user_loss = loss_fn if loss_fn is not None else self.loss_fn
-        if user_loss is not None:
-            if not callable(user_loss):
-                raise TypeError(f"loss_fn: expected a callable loss_fn(x, x_adv) -> scalar, got {type(user_loss).__name__}.")
-            return lambda x, x_adv, anchor: user_loss(x, x_adv)
-        if self.encoder is None:
-            raise ValueError(
-                "IDAATransform has no loss to increase: pass encoder=<model> (built-in NT-Xent) or "
-                "loss_fn=<callable(x, x_adv) -> scalar>, at construction or per call."
-            )
-        return self._encoder_loss
-
     def _encoder_loss(self, x: Tensor, x_adv: Tensor, anchor: Tensor | None) -> Tensor:
         return encoder_loss(self.encoder, x, x_adv, anchor, self.temperature, self.use_adversarial_bn)
 
-    # -- validation --------------------------------------------------------------------------------------------
-    def _check_input(self, x: Tensor) -> tuple[Tensor, bool]:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"IDAATransform: expected a torch.Tensor, got {type(x).__name__}.")
-        if x.ndim not in (3, 4):
-            raise ValueError(f"IDAATransform: expected (B, C, H, W) or (C, H, W). Got shape {tuple(x.shape)}.")
-        if not x.is_floating_point():
+    def _transform_sample(self, sample: Any, loss_fn: LossFn | None, anchor: Tensor | None) -> Any:
+        """torchvision v2 semantics: transform the images of a sample, pass everything else through."""
+        from torch.utils._pytree import tree_flatten, tree_unflatten
+        from torchvision import tv_tensors
+
+        leaves, spec = tree_flatten(sample)
+        for leaf in leaves:
+            if callable(leaf) and not isinstance(leaf, Tensor):
+                raise TypeError(
+                    f"IDAATransform: got a {type(leaf).__name__} beside the images; loss_fn and anchor are "
+                    "keyword-only: idaa(x, loss_fn=..., anchor=...) (other positional inputs form a v2 sample)."
+                )
+            if isinstance(leaf, tv_tensors.Video) or type(leaf).__module__.startswith("PIL."):
+                raise TypeError(
+                    f"IDAATransform: cannot transform a {type(leaf).__name__}; convert images to float tensors "
+                    "first (e.g. v2.ToImage(), v2.ToDtype(torch.float32, scale=True)), or pass video frames as a "
+                    "(T, C, H, W) batch."
+                )
+        images = [i for i, leaf in enumerate(leaves) if isinstance(leaf, tv_tensors.Image)]
+        if not images:  # as in v2: without Image entries, the first plain tensor is the image
+            plain = [i for i, leaf in enumerate(leaves)
+                     if isinstance(leaf, Tensor) and not isinstance(leaf, tv_tensors.TVTensor)]
+            images = plain[:1]
+        if not images:
             raise TypeError(
-                f"IDAATransform: expected a floating-point image tensor, got {x.dtype}. "
-                "Convert first, e.g. x.float() / 255 for uint8 images."
+                "IDAATransform: expected a torch.Tensor image batch (B, C, H, W), or a sample holding one, got "
+                f"{type(sample).__name__} of {sorted({type(leaf).__name__ for leaf in leaves})}."
             )
-        unbatched = x.ndim == 3
-        x = x.unsqueeze(0) if unbatched else x
+        for i in images:
+            image = leaves[i]
+            out = self._views(image.as_subclass(Tensor), loss_fn, anchor)
+            leaves[i] = tv_tensors.wrap(out, like=image) if isinstance(image, tv_tensors.Image) else out
+        return tree_unflatten(leaves, spec)
+
+    # -- validation --------------------------------------------------------------------------------------------
+    def _check_input(self, x: Any) -> tuple[Tensor, bool]:
+        x, unbatched = check_images(x, "IDAATransform", check_finite=False)
         channels = self.vae.config.in_channels
         if x.shape[1] != channels:
             raise ValueError(
                 f"IDAATransform: the VAE expects {channels} channels, got {x.shape[1]} (input shape {tuple(x.shape)})."
             )
-        if x.shape[-1] == 0 or x.shape[-2] == 0:
-            raise ValueError(f"IDAATransform: expected non-empty images, got shape {tuple(x.shape)}.")
         vae_device = next(self.vae.parameters()).device
         if x.device != vae_device:
             raise ValueError(
@@ -381,18 +502,36 @@ class IDAATransform(nn.Module):
                 f"IDAATransform: the VAE was moved to {vae_device} on its own; move the whole transform instead, "
                 f"e.g. idaa.to({str(vae_device)!r})."
             )
-        encoder = self.encoder
-        if isinstance(encoder, nn.Module):
-            param = next(encoder.parameters(), None)
-            if param is not None and param.device != x.device:
-                raise ValueError(f"IDAATransform: input is on {x.device} but the encoder is on {param.device}.")
-        check = x.device.type == "cpu" if self.check_finite is None else self.check_finite
-        if check and x.numel() and not bool(torch.isfinite(x).all()):
-            raise ValueError("IDAATransform: the input contains NaN or Inf values.")
+        size = self.vae.config.image_size
+        if max(x.shape[-2:]) > RESOLUTION_RATIO * size:
+            self._warn_once(
+                "resolution",
+                f"IDAATransform: inputs are {x.shape[-2]}x{x.shape[-1]} px but the VAE works at {size} px, so G(x) "
+                f"and its perturbation hold only what {size} px can express; use a VAE trained near the input "
+                "resolution (see the README).",
+            )
+        if reads_values(x, self.check_finite) and x.numel():
+            low, high = (float(v) for v in torch.aminmax(x.detach()))  # one pass: NaN and Inf propagate to the extremes
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise ValueError("IDAATransform: the input contains NaN or Inf values.")
+            if not self._normalised and (low < -PIXEL_RANGE_SLACK or high > 1 + PIXEL_RANGE_SLACK):
+                self._warn_once(
+                    "range",
+                    f"IDAATransform: inputs range over [{low:.2f}, {high:.2f}], well outside the [0, 1] pixels "
+                    "expected without mean=/std=; if the pipeline normalises before the transform, pass the same "
+                    "mean= and std=.",
+                )
         return x, unbatched
 
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=4)
+
     def extra_repr(self) -> str:
+        cfg = self.vae.config
         return (
             f"eps={self.eps}, steps={self.steps}, step_size={self.step_size}, norm={self.norm!r}, "
-            f"random_start={self.random_start}, p={self.p}, clamp={self.clamp}"
+            f"random_start={self.random_start}, p={self.p}, clamp={self.clamp}, "
+            f"vae=<frozen {cfg.image_size} px, {cfg.latent_dim} latents>"
         )

@@ -1,4 +1,7 @@
-"""The identity VAE: the generative model whose reconstruction ``G(x)`` is the "identity" part of an image.
+"""The VAE of IDAA: its reconstruction ``G(x) = decode(encode(x))`` is what the attack moves through the latent.
+
+The residual ``R(x) = x - G(x)``, which the VAE cannot reconstruct, keeps most of the identity-distinctive detail;
+IDAA changes ``G(x)`` and adds ``R(x)`` back (the name ``IdentityVAE`` is the paper's "identity-disentangled" VAE).
 
 The architecture follows the convolutional VAE of Yang et al. (ICML 2022): ``num_downsamplings`` stride-2 4x4
 convolutions to a ``width``-channel feature map, residual blocks with BatchNorm, linear heads to the latent, and a
@@ -10,18 +13,59 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
-__all__ = ["VAEConfig", "VAEEncoding", "VAEOutput", "IdentityVAE", "vae_loss"]
+from idaa_transforms._hub import (
+    CARD_FILE,
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    HubOptions,
+    check_state_dict,
+    find_checkpoint,
+    load_weights,
+    push_to_hub,
+    read_config,
+    save_weights,
+    shipped_checkpoint_dir,
+    write_config,
+    write_model_card,
+)
+
+__all__ = ["DEFAULT_CHECKPOINT", "VAEConfig", "VAEEncoding", "VAEOutput", "IdentityVAE", "vae_loss"]
 
 OUTPUT_NORMS = ("tanh", "tanh_batchnorm")
+#: The checkpoint shipped with the package, loaded by ``from_pretrained()`` without a name.
+DEFAULT_CHECKPOINT = "idaa-vae-photo32"
+
+
+def _channel_values(name: str, values: Any, channels: int) -> tuple[float, ...]:
+    """``values`` as a tuple of ``channels`` finite floats, or a one-line error naming ``VAEConfig.<name>``."""
+    expected = f"VAEConfig.{name}: expected {channels} finite numbers (one per channel)"
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise ValueError(f"{expected}, got {values!r}.")
+    numbers = []
+    for value in values:
+        if isinstance(value, (bool, str, bytes)) or value is None:
+            raise ValueError(f"{expected}, got {values!r}.")
+        try:
+            numbers.append(float(value))
+        except (TypeError, ValueError):
+            raise ValueError(f"{expected}, got {values!r}.") from None
+    if len(numbers) != channels:
+        raise ValueError(f"VAEConfig.{name}: expected {channels} values (one per channel), got {len(numbers)}.")
+    if not all(math.isfinite(v) for v in numbers):
+        raise ValueError(f"{expected}, got {tuple(numbers)}.")
+    return tuple(numbers)
 
 
 @dataclass
@@ -60,8 +104,6 @@ class VAEConfig:
     input_std: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
 
     def __post_init__(self) -> None:
-        self.input_mean = tuple(float(m) for m in self.input_mean)
-        self.input_std = tuple(float(s) for s in self.input_std)
         for name in ("in_channels", "image_size", "width", "latent_dim", "num_downsamplings"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -69,6 +111,8 @@ class VAEConfig:
         blocks = self.num_res_blocks
         if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 0:
             raise ValueError(f"VAEConfig.num_res_blocks: expected an int >= 0, got {self.num_res_blocks!r}.")
+        if not isinstance(self.bottleneck_norm, bool):
+            raise ValueError(f"VAEConfig.bottleneck_norm: expected true or false, got {self.bottleneck_norm!r}.")
         factor = 2**self.num_downsamplings
         if self.image_size % factor:
             raise ValueError(
@@ -80,14 +124,10 @@ class VAEConfig:
                 f"VAEConfig.width: expected a multiple of 2 ** (num_downsamplings - 1) = "
                 f"{2 ** (self.num_downsamplings - 1)}, got {self.width}."
             )
-        if self.output_norm not in OUTPUT_NORMS:
+        if not isinstance(self.output_norm, str) or self.output_norm not in OUTPUT_NORMS:
             raise ValueError(f"VAEConfig.output_norm: expected one of {OUTPUT_NORMS}, got {self.output_norm!r}.")
-        for name in ("input_mean", "input_std"):
-            if len(getattr(self, name)) != self.in_channels:
-                raise ValueError(
-                    f"VAEConfig.{name}: expected {self.in_channels} values (one per channel), "
-                    f"got {len(getattr(self, name))}."
-                )
+        self.input_mean = _channel_values("input_mean", self.input_mean, self.in_channels)
+        self.input_std = _channel_values("input_std", self.input_std, self.in_channels)
         if any(s <= 0 for s in self.input_std):
             raise ValueError(f"VAEConfig.input_std: expected positive values, got {self.input_std}.")
 
@@ -170,7 +210,7 @@ def _residual_trunk(cfg: VAEConfig, norm_first: bool, norm_last: bool) -> nn.Seq
     return nn.Sequential(*layers)
 
 
-class IdentityVAE(nn.Module, PyTorchModelHubMixin, library_name="idaa_transforms", tags=["idaa", "vae"]):
+class IdentityVAE(nn.Module):
     """Convolutional VAE that separates an image into what it can reconstruct, ``G(x)``, and the rest.
 
     Inputs and outputs live in the VAE's own normalised space, ``(pixels - input_mean) / input_std``;
@@ -215,10 +255,33 @@ class IdentityVAE(nn.Module, PyTorchModelHubMixin, library_name="idaa_transforms
         self.decoder_stages = nn.Sequential(*ups)
         self.output_norm = nn.BatchNorm2d(cfg.in_channels) if cfg.output_norm == "tanh_batchnorm" else None
 
+    def _features(self, x: Tensor) -> Tensor:
+        """The flattened bottleneck features that both posterior heads read."""
+        return self.encoder_trunk(self.encoder_stages(x)).flatten(1)
+
     def encode(self, x: Tensor) -> VAEEncoding:
         """Posterior parameters of a batch in VAE space."""
-        h = self.encoder_trunk(self.encoder_stages(x)).flatten(1)
+        h = self._features(x)
         return VAEEncoding(self.fc_mu(h), self.fc_logvar(h))
+
+    def posterior_mean(self, x: Tensor) -> Tensor:
+        """``encode(x).mu`` without computing the log-variance head (which neither ``G(x)`` nor an attack needs).
+
+        A subclass (or an instance) that overrides :meth:`encode` is called through it, so the two always agree.
+
+        Shape:
+            - Input: ``(B, in_channels, image_size, image_size)``, in VAE space.
+            - Output: ``(B, latent_dim)``.
+
+        Example:
+            >>> vae = IdentityVAE(VAEConfig(width=16, latent_dim=8)).eval()
+            >>> x = torch.rand(2, 3, 32, 32)
+            >>> torch.equal(vae.posterior_mean(x), vae.encode(x).mu)
+            True
+        """
+        if type(self).encode is not IdentityVAE.encode or "encode" in vars(self):
+            return self.encode(x).mu
+        return self.fc_mu(self._features(x))
 
     def decode(self, z: Tensor) -> Tensor:
         """Images in VAE space from latents ``(B, latent_dim)``."""
@@ -233,38 +296,93 @@ class IdentityVAE(nn.Module, PyTorchModelHubMixin, library_name="idaa_transforms
         z = enc.sample(generator) if self.training else enc.mu
         return VAEOutput(self.decode(z), z, enc.mu, enc.logvar)
 
-    # -- Hub (de)serialisation: config.json + model.safetensors + README.md ---------------------------------------
-    def _save_pretrained(self, save_directory: Path) -> None:
-        from idaa_transforms.hub import write_checkpoint
-
-        write_checkpoint(self, save_directory)
-
+    # -- checkpoints: config.json + model.safetensors + README.md, locally or on the Hub --------------------------
     @classmethod
-    def from_pretrained(  # type: ignore[override]
-        cls,
-        pretrained_model_name_or_path: str | Path | None = None,
-        *,
-        revision: str | None = None,
-        cache_dir: str | Path | None = None,
-        force_download: bool = False,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
-        map_location: str | torch.device = "cpu",
-    ) -> IdentityVAE:
-        """Load a VAE from a Hub repo id, a local checkpoint folder, or (``None``) the default shipped with the package.
+    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, **hub_options: Any) -> IdentityVAE:
+        """Load a VAE, in eval mode, from a local checkpoint folder, a Hub repo id, or (``None``) the shipped default.
 
-        Weights are read with safetensors only; nothing is unpickled. See :func:`idaa_transforms.hub.load_vae`.
+        Weights are read with safetensors only; nothing is unpickled.
+
+        Args:
+            name_or_path: a folder written by :meth:`save_pretrained`, a Hub repo id (``"org/name"``), or ``None``
+                for the checkpoint shipped with the package (no network).
+            **hub_options: ``revision``, ``cache_dir``, ``force_download``, ``local_files_only``, ``token`` (as in
+                ``huggingface_hub.hf_hub_download``) and ``map_location``: see :class:`idaa_transforms.HubOptions`.
+
+        Raises:
+            CheckpointError: the checkpoint, a file in it, or its contents are missing or inconsistent.
+            TypeError, ValueError: a Hub option is unknown or invalid.
 
         Example:
             >>> vae = IdentityVAE.from_pretrained()  # the shipped default, no network
-            >>> vae.config.image_size
-            32
+            >>> vae.config.image_size, vae.training
+            (32, False)
         """
-        from idaa_transforms.hub import load_vae
+        options = HubOptions.from_kwargs(hub_options, "IdentityVAE.from_pretrained")
+        if name_or_path is None:
+            name_or_path = shipped_checkpoint_dir(DEFAULT_CHECKPOINT)
+        source = os.fspath(name_or_path)
+        files = find_checkpoint(name_or_path, options)
+        values = read_config(files[CONFIG_FILE], source)
+        try:
+            config = VAEConfig.from_dict(values, source=f"{source}/{CONFIG_FILE}")
+        except (TypeError, ValueError) as err:
+            message = str(err)
+            raise CheckpointError(message if message.startswith(source) else f"{source}/{CONFIG_FILE}: {message}") \
+                from None
+        state = load_weights(files[WEIGHTS_FILE], source)
+        model = cls(config)
+        check_state_dict(model, state, f"{source}/{WEIGHTS_FILE}")
+        model.load_state_dict(state)
+        return model.to(options.map_location).eval()
 
-        return load_vae(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
-                        force_download=force_download, local_files_only=local_files_only, token=token,
-                        map_location=map_location)
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` to ``save_directory`` (created), each atomically.
+
+        A ``README.md`` model card is added when the folder has none (a card written before, e.g. by the VAE
+        trainer, is kept). :meth:`from_pretrained` loads the folder back.
+
+        Returns:
+            The folder.
+
+        Example:
+            >>> import tempfile
+            >>> folder = IdentityVAE(VAEConfig(width=16, latent_dim=8)).save_pretrained(tempfile.mkdtemp())
+            >>> sorted(p.name for p in folder.iterdir())
+            ['README.md', 'config.json', 'model.safetensors']
+            >>> IdentityVAE.from_pretrained(folder).config.latent_dim
+            8
+        """
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_weights(folder, self.state_dict())
+        write_config(folder, self.config.to_dict())
+        if not (folder / CARD_FILE).exists():
+            cfg = self.config
+            write_model_card(
+                folder,
+                title=f"IdentityVAE ({cfg.image_size} px, latent {cfg.latent_dim}, width {cfg.width})",
+                summary="The generative model of an `idaa_transforms.IDAATransform` (identity-disentangled "
+                        "adversarial augmentation): `G(x) = decode(encode(x))` is the VAE's reconstruction, "
+                        "and the residual `R(x) = x - G(x)` keeps most of the identity-distinctive detail.",
+                sections={"Usage": "```python\nfrom idaa_transforms import IDAATransform\n"
+                                   "idaa = IDAATransform.from_pretrained(\"<this repo or folder>\", encoder=model, "
+                                   "eps=0.1)\n```"},
+                tags=["idaa", "vae"],
+            )
+        return folder
+
+    def push_to_hub(self, repo_id: str, **upload_options: Any) -> str:
+        """Upload the checkpoint (as :meth:`save_pretrained` writes it) to Hub repo ``repo_id``, created if needed.
+
+        Args:
+            repo_id: ``"org/name"``.
+            **upload_options: ``commit_message``, ``private``, ``token``, ``branch``, ``create_pr``.
+
+        Returns:
+            The URL of the commit.
+        """
+        return push_to_hub(self.save_pretrained, repo_id, **upload_options)
 
 
 def vae_loss(x: Tensor, recon: Tensor, mu: Tensor, logvar: Tensor, kl_weight: float = 0.1) -> Tensor:

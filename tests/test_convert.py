@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import pickle
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from idaa_transforms import CheckpointError, IDAATransform, IdentityVAE
+from idaa_transforms import CheckpointError, IDAATransform, IdentityVAE, _files
 from idaa_transforms.convert import (
     CIFAR_MEAN,
     CIFAR_STD,
@@ -154,8 +157,8 @@ def test_identity_of_idaa_transform_matches_reference_gx(checkpoints):
     with torch.no_grad():
         ref_gx = ref(x)[0]
     parts = idaa.decompose(x)
-    torch.testing.assert_close(parts.identity, ref_gx, atol=1e-5, rtol=0)
-    torch.testing.assert_close(parts.identity + parts.residual, x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(parts.reconstruction, ref_gx, atol=1e-5, rtol=0)
+    torch.testing.assert_close(parts.reconstruction + parts.residual, x, atol=1e-5, rtol=0)
 
 
 def test_cli(tmp_path, capsys):
@@ -225,10 +228,6 @@ def test_unrecognised_layouts_are_rejected_with_the_file_and_keys(tmp_path):
     with pytest.raises(ConversionError, match="wrong shapes: fc12.weight"):
         convert_state_dict(state, source="shapes.pth")
 
-    path = tmp_path / "garbage.pth"
-    path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConversionError, match="garbage.pth: cannot be read"):
-        convert_original_checkpoint(path, tmp_path / "out")
     with pytest.raises(ConversionError, match="no such file"):
         convert_original_checkpoint(tmp_path / "absent.pth", tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -250,3 +249,169 @@ def test_checkpoints_without_batchnorm_counters_are_accepted():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(vae(x).reconstruction, ref(x)[0], atol=1e-5, rtol=0)
+
+
+# -- bad inputs: each a one-line error, nothing written --------------------------------------------------------------
+class Opaque:
+    """A class a weights-only load refuses to unpickle (a whole pickled model looks like this)."""
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"hello world\nthis is a text file\n", r"not a PyTorch checkpoint, or a cut-off one \(KeyError\)"),
+        (b"", r"not a PyTorch checkpoint, or a cut-off one \(EOFError\)"),
+        (bytes(range(256)) * 4, r"not a PyTorch checkpoint \(its bytes are not a tensor pickle\)"),
+        ("pickled object", r"holds Python objects other than tensors .* never unpickled"),
+        ("cut-off checkpoint", r"not a PyTorch checkpoint, or a cut-off one"),
+        ("folder", r"is a folder; pass the \.pth file"),
+    ],
+)
+def test_unreadable_checkpoint_is_one_line_error(tmp_path, capsys, content, message):
+    path = tmp_path / "input.pth"
+    if content == "pickled object":
+        torch.save({"model": Opaque()}, path)
+    elif content == "cut-off checkpoint":
+        torch.save(_reference("cifar").state_dict(), path)
+        path.write_bytes(path.read_bytes()[:5000])
+    elif content == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    assert main([str(path), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"idaa-convert-original: error: {path}: ")
+    assert re.search(message, err), err
+    assert "weights_only=False" not in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_pickled_object_is_never_executed(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(Opaque, "__reduce__", lambda self: (ran.append, ("executed",)), raising=False)
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"x": Opaque()}, f, protocol=2)
+    ran.clear()
+    with pytest.raises(ConversionError, match="evil.pth"):
+        convert_original_checkpoint(path, tmp_path / "out")
+    assert ran == []
+
+
+@pytest.mark.parametrize("where", ["a file", "inside a file", "unwritable parent", "unwritable folder"])
+def test_out_dir_that_cannot_hold_the_checkpoint(tmp_path, capsys, monkeypatch, where):
+    path = tmp_path / "vae.pth"
+    torch.save(_reference("cifar").state_dict(), path)
+    (tmp_path / "taken").write_text("a file")
+    (tmp_path / "locked").mkdir()
+    out = {"a file": tmp_path / "taken", "inside a file": tmp_path / "taken" / "out",
+           "unwritable parent": tmp_path / "locked" / "out", "unwritable folder": tmp_path / "locked"}[where]
+
+    def refuse(file, *args, **kwargs):  # permission bits do not bind root, so the refusal is simulated
+        raise PermissionError(13, "Permission denied", str(file))
+
+    if where == "unwritable parent":
+        monkeypatch.setattr(Path, "mkdir", refuse)
+    elif where == "unwritable folder":
+        monkeypatch.setattr(_files, "open", refuse, raising=False)
+    assert main([str(path), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    expected = f"{out} is a file, not a folder" if where == "a file" else f"cannot write to {out}"
+    assert "error: out_dir: " in err and expected in err, err
+    assert (tmp_path / "taken").read_text() == "a file"
+    assert list((tmp_path / "locked").iterdir()) == []  # nothing half-written
+
+
+def test_users_readme_is_kept_without_overwrite(tmp_path, capsys):
+    path = tmp_path / "vae.pth"
+    torch.save(_reference("cifar").state_dict(), path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("my notes")
+    assert main([str(path), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "already holds README.md" in err and "--overwrite" in err
+    assert sorted(p.name for p in out.iterdir()) == ["README.md"]
+    assert (out / "README.md").read_text() == "my notes"
+    assert main([str(path), str(out), "--overwrite"]) == 0
+    assert "converted" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--std", "nan", "0.2", "0.2"], "argument --std: expected a finite number > 0, got 'nan'"),
+        (["--std", "0.2", "0", "0.2"], "argument --std: expected a finite number > 0, got '0'"),
+        (["--mean", "0.5", "inf", "0.5"], "argument --mean: expected a finite number, got 'inf'"),
+        (["--eps", "inf"], "unrecognized arguments: --eps inf"),
+        (["--over"], "unrecognized arguments: --over"),  # no prefix matching (allow_abbrev=False)
+    ],
+)
+def test_cli_rejects_bad_options(tmp_path, capsys, options, message):
+    path = tmp_path / "vae.pth"
+    torch.save(_reference("cifar").state_dict(), path)
+    with pytest.raises(SystemExit) as info:
+        main([str(path), str(tmp_path / "out"), *options])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("values", [dict(input_std=(0.2, float("nan"), 0.2)),
+                                    dict(input_mean=(0.5, 0.5, float("inf")))])
+def test_non_finite_normalisation_is_rejected(tmp_path, values):
+    path = tmp_path / "vae.pth"
+    torch.save(_reference("cifar").state_dict(), path)
+    name = next(iter(values))
+    with pytest.raises(ConversionError, match=rf"VAEConfig\.{name}: expected 3 finite numbers"):
+        convert_original_checkpoint(path, tmp_path / "out", **values)
+    assert not (tmp_path / "out").exists()
+
+
+def dies_writing(victim: str):
+    """An ``open`` for ``_files`` whose files named like ``victim`` write half their bytes, then the run is killed."""
+    real_open = open
+
+    def opener(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and victim in Path(file).name:
+            write = handle.write
+
+            def write_half_then_die(data):
+                write(data[: len(data) // 2])
+                raise KeyboardInterrupt("killed mid-write")
+
+            handle.write = write_half_then_die
+        return handle
+
+    return opener
+
+
+@pytest.mark.parametrize("victim", ["README.md", "model.safetensors", "config.json"])
+def test_interrupted_conversion_keeps_the_previous_output(tmp_path, monkeypatch, victim):
+    first, second = tmp_path / "first.pth", tmp_path / "second.pth"
+    torch.save(_reference("cifar", seed=7).state_dict(), first)
+    torch.save(_reference("cifar", seed=8).state_dict(), second)
+    out = tmp_path / "out"
+    convert_original_checkpoint(first, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(_files, "open", dies_writing(victim), raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        convert_original_checkpoint(second, out, overwrite=True)
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after[victim] == before[victim]  # the file being written when the run died is the previous one, whole
+    assert sorted(after) == sorted(before)  # and no temporary file is left behind
+    IdentityVAE.from_pretrained(out)  # the folder still loads
+
+
+def test_model_card_is_a_hub_card(converted):
+    from huggingface_hub import ModelCard
+
+    variant, _, _, out = converted
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "idaa_transforms"
+    assert card.data.tags == ["idaa", "vae", "converted", variant]
+    assert "## Usage" in card.text and "## License" in card.text

@@ -115,3 +115,12 @@ def test_readme_kornia_pipelines_behave_as_tested():
         before = nn.Sequential(*prefix)(x)
         assert (out - before).abs().max() > 1e-4
         torch.testing.assert_close(out, idaa(before), atol=1e-5, rtol=0)
+
+
+def test_inverse_undoes_the_geometry_and_leaves_idaa_applied(idaa):
+    """IDAA is not invertible: AugmentationSequential.inverse() skips it, as the docs say."""
+    x = batch(4)
+    pipeline = K.AugmentationSequential(K.RandomHorizontalFlip(p=1.0), idaa, data_keys=["input"])
+    out = pipeline(x)
+    torch.testing.assert_close(pipeline.inverse(out), idaa(x.flip(-1)).flip(-1), atol=1e-6, rtol=0)
+    assert "not invertible" in IDAATransform.__doc__ and "not invertible" in README.read_text()

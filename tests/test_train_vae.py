@@ -279,3 +279,16 @@ def test_colour_ratio_on_known_answers():
     halfway = lambda x: 0.5 * x + 0.5 * x.mean(1, keepdim=True)  # noqa: E731
     assert colour_ratio(_FixedOutput(halfway), images) == pytest.approx(0.5, abs=1e-5)
     assert reconstruction_metrics(_FixedOutput(lambda x: x), images)["mse"] == pytest.approx(0.0)
+
+
+def test_half_precision_weights_load_into_float32_and_reconstruct_alike(tmp_path):
+    full = run([*TINY, "--epochs", "1", "--out", str(tmp_path / "full")])
+    half = run([*TINY, "--epochs", "1", "--save-dtype", "float16", "--out", str(tmp_path / "half")])
+    weights = lambda folder: (folder / "model.safetensors").stat().st_size  # noqa: E731
+    assert weights(half) < 0.6 * weights(full)
+    a, b = IdentityVAE.from_pretrained(full), IdentityVAE.from_pretrained(half)
+    assert next(b.parameters()).dtype == torch.float32
+    x = torch.rand(8, 3, 32, 32)
+    from idaa_transforms.train_vae import reconstruct
+
+    assert (reconstruct(a, x) - reconstruct(b, x)).abs().max() < 1e-2

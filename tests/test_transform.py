@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from idaa_transforms import (
     IdentityVAE,
     VAEConfig,
     convert_to_dual_bn,
+    frozen_batchnorm_stats,
     negative_cosine,
     nt_xent,
 )
@@ -93,6 +95,15 @@ def assert_same_state(before: dict[str, torch.Tensor], module: nn.Module) -> Non
         assert torch.equal(value, after[key]), key
 
 
+class Holder(nn.Module):
+    """A model that keeps the transform as an attribute, as a LightningModule or an augmentation module does."""
+
+    def __init__(self, net: nn.Module, idaa: IDAATransform) -> None:
+        super().__init__()
+        self.net = net
+        self.idaa = idaa
+
+
 # -- decomposition and identities ------------------------------------------------------------------------------------
 
 
@@ -105,26 +116,26 @@ def test_eps_zero_returns_input(make_idaa, encoder, x):
 def test_decompose_sums_to_input_at_native_size(make_idaa, vae, x):
     parts = make_idaa().decompose(x)
     assert isinstance(parts, Decomposition)
-    assert parts.identity.shape == parts.residual.shape == x.shape
+    assert parts.reconstruction.shape == parts.residual.shape == x.shape
     assert parts.latent.shape == (8, 8)
-    torch.testing.assert_close(parts.identity + parts.residual, x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(parts.reconstruction + parts.residual, x, atol=1e-6, rtol=0)
     # The identity is G(x) = decode(encode(x).mu), in pixel space.
     with torch.no_grad():
         mu = vae.encode((x - 0.5) / 0.5).mu
     torch.testing.assert_close(parts.latent, mu)
-    torch.testing.assert_close(parts.identity, to_pixels(vae, mu), atol=1e-6, rtol=0)
-    assert not torch.allclose(parts.identity, x, atol=1e-2)  # a random VAE does not reconstruct: R(x) matters
+    torch.testing.assert_close(parts.reconstruction, to_pixels(vae, mu), atol=1e-6, rtol=0)
+    assert not torch.allclose(parts.reconstruction, x, atol=1e-2)  # a random VAE does not reconstruct: R(x) matters
 
 
 def test_decompose_other_size_runs_vae_at_native_size(make_idaa, vae):
     x = batch(4, 40, 56)
     parts = make_idaa().decompose(x)
-    assert parts.identity.shape == parts.residual.shape == (4, 3, 40, 56)
+    assert parts.reconstruction.shape == parts.residual.shape == (4, 3, 40, 56)
     assert parts.latent.shape == (4, 8)
-    torch.testing.assert_close(parts.identity + parts.residual, x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(parts.reconstruction + parts.residual, x, atol=1e-6, rtol=0)
     # G is decoded at 32x32 and resized back to 40x56.
     resized = F.interpolate(to_pixels(vae, parts.latent), size=(40, 56), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(parts.identity, resized, atol=1e-5, rtol=0)
+    torch.testing.assert_close(parts.reconstruction, resized, atol=1e-5, rtol=0)
     # The encoder saw the image resized to 32x32 (whatever the resampling filter, the latent is close to that).
     with torch.no_grad():
         small = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
@@ -151,9 +162,9 @@ def test_single_image_input(make_idaa, eval_encoder, x):
     assert out.shape == (3, 32, 32)
     torch.testing.assert_close(out, idaa(x[:1])[0])
     parts = idaa.decompose(x[0])
-    assert parts.identity.shape == parts.residual.shape == (3, 32, 32)
+    assert parts.reconstruction.shape == parts.residual.shape == (3, 32, 32)
     assert parts.latent.shape == (idaa.vae.config.latent_dim,)  # unbatched in, unbatched out, latent included
-    torch.testing.assert_close(parts.identity + parts.residual, x[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(parts.reconstruction + parts.residual, x[0], atol=1e-6, rtol=0)
 
 
 def test_mean_std_are_the_callers_normalisation(make_idaa):
@@ -168,7 +179,7 @@ def test_mean_std_are_the_callers_normalisation(make_idaa):
     out_normalised = normalised((x - mean) / std)
     torch.testing.assert_close(out_normalised, (out_pixels - mean) / std, atol=1e-4, rtol=0)
     parts = normalised.decompose((x - mean) / std)
-    torch.testing.assert_close(parts.identity, (make_idaa().decompose(x).identity - mean) / std, atol=1e-5, rtol=0)
+    torch.testing.assert_close(parts.reconstruction, (make_idaa().decompose(x).reconstruction - mean) / std, atol=1e-5, rtol=0)
 
 
 def test_clamp_keeps_valid_pixel_range(make_idaa, eval_encoder, x):
@@ -179,6 +190,23 @@ def test_clamp_keeps_valid_pixel_range(make_idaa, eval_encoder, x):
     torch.testing.assert_close(clamped, free.clamp(0, 1))
     normalised = make_idaa(eval_encoder, eps=5.0, clamp=True, mean=0.5, std=0.25)((x - 0.5) / 0.25)
     assert normalised.min() >= -2 - 1e-6 and normalised.max() <= 2 + 1e-6
+
+
+def test_decomposition_names_the_parts_for_what_they_are(make_idaa, x):
+    parts = make_idaa().decompose(x)
+    assert Decomposition._fields == ("reconstruction", "residual", "latent")
+    with pytest.warns(DeprecationWarning, match="use .reconstruction"):
+        old = parts.identity
+    assert old is parts.reconstruction
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_decompose_returns_the_input_dtype(make_idaa, x, dtype):
+    parts = make_idaa().decompose(x.to(dtype))
+    assert parts.reconstruction.dtype == parts.residual.dtype == dtype
+    reference = make_idaa().decompose(x)
+    tolerance = 1e-5 if dtype == torch.float64 else 2e-2
+    torch.testing.assert_close(parts.reconstruction.float(), reference.reconstruction, atol=tolerance, rtol=0)
 
 
 # -- the adversarial step ------------------------------------------------------------------------------------------
@@ -419,6 +447,80 @@ def test_vae_buffers_untouched(make_idaa, vae, encoder, x):
     assert all(p.grad is None for p in vae.parameters())
 
 
+def test_bn_stats_untouched_with_a_loss_fn_that_calls_the_known_encoder(make_idaa, encoder, x):
+    loss = lambda a, b: nt_xent(encoder(a), encoder(b))  # noqa: E731 - a user's loss that runs the model
+    before = bn_state(encoder)
+    make_idaa(encoder, loss_fn=loss, eps=0.5)(x)
+    assert_same_state(before, encoder)
+    make_idaa(encoder, eps=0.5)(x, loss_fn=loss)  # per call too
+    assert_same_state(before, encoder)
+    make_idaa(loss_fn=loss, eps=0.5)(x)  # an encoder the transform does not know: the caller protects it
+    assert int(encoder[1].num_batches_tracked) > 7
+
+
+def test_frozen_batchnorm_stats_protects_an_unknown_encoder(make_idaa, encoder, x):
+    loss = lambda a, b: nt_xent(encoder(a), encoder(b))  # noqa: E731
+    before = bn_state(encoder)
+    with frozen_batchnorm_stats(encoder):
+        make_idaa(loss_fn=loss, eps=0.5)(x)
+    assert_same_state(before, encoder)
+
+
+# -- the VAE: frozen, held outside the module tree, moved with it --------------------------------------------------
+
+
+def test_vae_is_frozen_and_outside_the_module_tree(make_idaa, vae, encoder):
+    idaa = make_idaa(encoder)
+    assert idaa.vae is vae and not any(p.requires_grad for p in vae.parameters())
+    assert list(idaa.parameters()) == [] and list(idaa.buffers()) == [] and list(idaa.children()) == []
+    holder = Holder(encoder, idaa)
+    vae_ids = {id(t) for t in [*vae.parameters(), *vae.buffers()]}
+    assert not vae_ids & {id(t) for t in [*holder.parameters(), *holder.buffers()]}
+    assert [id(p) for p in holder.parameters()] == [id(p) for p in encoder.parameters()]
+    idaa.vae = make_vae(seed=5)  # re-assigning does not register it either
+    assert list(idaa.children()) == []
+
+
+def test_holder_moves_and_casts_the_vae_but_leaves_it_frozen(make_idaa, encoder, x):
+    holder = Holder(encoder, make_idaa(encoder, eps=0.5))
+    weights = [p.clone() for p in holder.idaa.vae.parameters()]
+    holder.requires_grad_(True)
+    holder.apply(lambda m: nn.init.zeros_(m.weight) if isinstance(m, nn.Conv2d) else None)
+    holder.train()
+    assert not any(p.requires_grad for p in holder.idaa.vae.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(weights, holder.idaa.vae.parameters()))
+    assert not holder.idaa.vae.training
+    holder.to(torch.float64)
+    assert {p.dtype for p in holder.idaa.vae.parameters()} == {torch.float64}
+    assert holder.idaa._scale.dtype == torch.float64
+    out = holder.idaa(x.double(), loss_fn=linear_loss(x.double()))
+    assert out.dtype == torch.float64 and (out - x.double()).abs().max() > 1e-3
+    holder.half()
+    assert {p.dtype for p in holder.idaa.vae.parameters()} == {torch.float16}
+
+
+def test_loss_fn_calling_backward_with_retain_graph_leaves_no_vae_grads(make_idaa, vae, x):
+    def loss(a, b):
+        value = (b * x).sum()
+        value.backward(retain_graph=True)
+        return value
+
+    out = make_idaa(loss_fn=loss, eps=0.5)(x)
+    assert (out - x).abs().max() > 1e-3
+    assert all(p.grad is None for p in vae.parameters())
+
+
+def test_loss_fn_calling_backward_is_a_clear_error(make_idaa, vae, x):
+    def loss(a, b):
+        value = (b * x).sum()
+        value.backward()
+        return value
+
+    with pytest.raises(ValueError, match=r"loss_fn: it called \.backward\(\) on the loss; return the loss instead"):
+        make_idaa(loss_fn=loss, eps=0.5)(x)
+    assert all(p.grad is None for p in vae.parameters())
+
+
 # -- dual BatchNorm ------------------------------------------------------------------------------------------------
 
 
@@ -496,12 +598,36 @@ def test_bfloat16_input_and_encoder(vae, x):
     assert seen == [torch.bfloat16]
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_input_dtypes_come_back_in_their_dtype(make_idaa, vae, x, dtype):
+    """The VAE runs in its own dtype (float32 here); the view and the loss's x_adv have the input's dtype."""
+    seen = []
+
+    def loss(a, b):
+        seen.append(b.dtype)
+        return (b.float() * x).sum()
+
+    out = make_idaa(loss_fn=loss, eps=0.5)(x.to(dtype))
+    assert out.dtype == dtype and seen == [dtype]
+    assert (out.double() - x.to(dtype).double()).abs().max() > 1e-2
+    assert {p.dtype for p in vae.parameters()} == {torch.float32}
+
+
+def test_encoder_dtype_other_than_the_input_is_a_clear_error_for_the_builtin_loss(make_idaa, eval_encoder, x):
+    with pytest.raises(TypeError, match="encoder's parameters are torch.float32.*pass loss_fn="):
+        make_idaa(eval_encoder, eps=0.5)(x.double())
+    # A loss_fn that casts is the user's business; under autocast the encoder's convolutions cast themselves.
+    out = make_idaa(eval_encoder, eps=0.5)(x.double(), loss_fn=lambda a, b: nt_xent(eval_encoder(a.float()),
+                                                                                    eval_encoder(b.float())))
+    assert out.dtype == torch.float64
+
+
 def test_channels_last_input(make_idaa, eval_encoder, x):
     idaa = make_idaa(eval_encoder, eps=0.5)
     out = idaa(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(out, idaa(x), atol=1e-5, rtol=0)
     parts = idaa.decompose(x.contiguous(memory_format=torch.channels_last))
-    torch.testing.assert_close(parts.identity + parts.residual, x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(parts.reconstruction + parts.residual, x, atol=1e-6, rtol=0)
 
 
 def test_batch_of_one_uses_negative_cosine(make_idaa, x):
@@ -651,6 +777,15 @@ def test_device_mismatch(make_idaa, encoder, x):
         (dict(generator="0"), TypeError, "generator: expected a torch.Generator or an int seed"),
         (dict(generator=0.5), TypeError, "generator: expected a torch.Generator or an int seed"),
         (dict(generator=True), TypeError, "generator: expected a torch.Generator or an int seed"),
+        (dict(generator=2**70), ValueError, r"generator: expected an int seed in \[-2\*\*63, 2\*\*64\)"),
+        (dict(eps=float("inf")), ValueError, "eps out of bounds. Expected a finite number"),
+        (dict(eps=float("nan")), ValueError, "eps out of bounds"),
+        (dict(step_size=float("inf")), ValueError, "step_size out of bounds"),
+        (dict(temperature=float("inf")), ValueError, "temperature out of bounds"),
+        (dict(mean=float("nan"), std=0.5), ValueError, "mean: expected finite values"),
+        (dict(mean=0.5, std=float("inf")), ValueError, "std: expected finite values"),
+        (dict(mean="abc", std=0.5), TypeError, "mean: expected a number or one number per channel, got 'abc'"),
+        (dict(mean=0.5, std=[0.2, None, 0.2]), TypeError, "std: expected a number or one number per channel"),
     ],
 )
 def test_bad_arguments(vae, encoder, options, error, message):
@@ -673,7 +808,7 @@ def test_no_encoder_and_no_loss(make_idaa, x):
     idaa = make_idaa()
     with pytest.raises(ValueError, match="no loss to increase"):
         idaa(x)
-    assert idaa.decompose(x).identity.shape == x.shape  # decomposing needs no loss
+    assert idaa.decompose(x).reconstruction.shape == x.shape  # decomposing needs no loss
 
 
 def test_bad_anchor(make_idaa, eval_encoder, x):
@@ -684,6 +819,76 @@ def test_bad_anchor(make_idaa, eval_encoder, x):
 
 
 # -- copying and serialisation -------------------------------------------------------------------------------------
+
+
+def test_inference_mode_is_a_clear_error(make_idaa, eval_encoder, x):
+    idaa = make_idaa(eval_encoder, eps=0.5)
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match="takes a gradient, which torch.inference_mode\\(\\) forbids"):
+            idaa(x)
+        assert idaa.decompose(x).reconstruction.shape == x.shape  # decomposing needs no gradient
+
+
+@pytest.mark.parametrize(
+    "output", [lambda e: (e, e), lambda e: {"z": e}], ids=["tuple", "dict"],
+)
+def test_encoder_returning_a_container_is_a_clear_error(make_idaa, eval_encoder, x, output):
+    wrapped = lambda v: output(eval_encoder(v))  # noqa: E731
+    with pytest.raises(TypeError, match="return one tensor of embeddings.*pass loss_fn="):
+        make_idaa(wrapped, eps=0.5)(x)
+
+
+@pytest.mark.parametrize(
+    "anchor, message",
+    [
+        (torch.zeros(8), r"anchor: expected encoder\(x\), a tensor with 8 rows \(B, D\), got \(8,\)"),
+        (torch.zeros(8, 5), r"anchor: expected encoder\(x\), shaped like encoder\(x_adv\) \(8, 16\)"),
+    ],
+    ids=["1-D", "wrong-width"],
+)
+def test_misshaped_anchor(make_idaa, eval_encoder, x, anchor, message):
+    with pytest.raises(ValueError, match=message):
+        make_idaa(eval_encoder, eps=0.5)(x, anchor=anchor)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_loss_is_an_error_not_a_no_op(make_idaa, x, bad):
+    with pytest.raises(ValueError, match=f"loss_fn: the loss is {bad}"):
+        make_idaa(loss_fn=lambda a, b: (b * bad).sum(), eps=0.5)(x)
+
+
+@pytest.mark.parametrize("norm, eps", [("l2", 1e30), ("linf", 1e38)])
+def test_eps_that_overflows_the_latent_is_an_error(make_idaa, x, norm, eps):
+    with pytest.raises(ValueError, match=f"overflows the VAE's torch.float32 latent with norm='{norm}'"):
+        make_idaa(loss_fn=linear_loss(x), eps=eps, norm=norm)(x)
+
+
+def test_warns_once_about_unnormalised_ranges(make_idaa, x):
+    idaa = make_idaa(loss_fn=linear_loss(x), eps=0.5)
+    normalised = (x - 0.45) / 0.22
+    with pytest.warns(UserWarning, match=r"well outside the \[0, 1\] pixels expected without mean=/std="):
+        idaa(normalised)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        idaa(normalised)  # once
+        idaa.decompose(normalised)
+        make_idaa(loss_fn=linear_loss(x), eps=0.5)(x)  # [0, 1] pixels
+        make_idaa(loss_fn=linear_loss(x), eps=0.5, mean=0.45, std=0.22)(normalised)
+
+
+def test_warns_once_about_inputs_far_above_the_vae_resolution(make_idaa):
+    idaa = make_idaa(loss_fn=lambda a, b: b.sum(), eps=0.5)
+    with pytest.warns(UserWarning, match="inputs are 128x96 px but the VAE works at 32 px"):
+        idaa.decompose(batch(2, 128, 96))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        idaa(batch(2, 128, 96))
+        make_idaa(loss_fn=lambda a, b: b.sum(), eps=0.5)(batch(2, 64, 64))
+
+
+def test_positional_loss_fn_is_refused(make_idaa, x):
+    with pytest.raises(TypeError, match="keyword-only"):
+        make_idaa(eps=0.5)(x, linear_loss(x))
 
 
 def test_deepcopy(make_idaa, eval_encoder, x):
@@ -713,25 +918,27 @@ def test_to_dtype(make_idaa, x):
     assert make_idaa(encoder.float(), eps=0.5).to(torch.float64)(x).dtype == torch.float32
 
 
-def test_state_dict_round_trip(make_idaa, eval_encoder, x):
+def test_state_dict_leaves_the_vae_out_and_holders_round_trip(make_idaa, eval_encoder, x):
+    """The VAE is a frozen pretrained part: checkpoints of the transform, or of a model holding it, do not store it."""
     idaa = make_idaa(eval_encoder, eps=0.5)
-    state = idaa.state_dict()
-    assert state and all(k.startswith("vae.") for k in state)
-    fresh = IDAATransform(make_vae(seed=123), encoder=eval_encoder, eps=0.5)
-    assert not torch.allclose(fresh(x), idaa(x), atol=1e-4)
-    fresh.load_state_dict(state)
-    torch.testing.assert_close(fresh(x), idaa(x), atol=0, rtol=0)
+    assert idaa.state_dict() == {}
+    holder = Holder(eval_encoder, idaa)
+    assert set(holder.state_dict()) == {f"net.{k}" for k in eval_encoder.state_dict()}
+    fresh = Holder(make_encoder().eval(), IDAATransform(make_vae(), eps=0.5))
+    fresh.load_state_dict(holder.state_dict())  # strict: no missing or unexpected keys
+    torch.testing.assert_close(fresh.idaa(x, loss_fn=linear_loss(x)), idaa(x, loss_fn=linear_loss(x)), atol=0, rtol=0)
 
 
 def test_repr_mentions_options(make_idaa):
     text = repr(make_idaa(eps=0.25, steps=2, norm="l2"))
     assert "eps=0.25" in text and "steps=2" in text and "norm='l2'" in text
+    assert "vae=<frozen 32 px, 8 latents>" in text
 
 
 def test_config_variant_vae(x):
     vae = make_vae(width=16, latent_dim=8, num_res_blocks=1, bottleneck_norm=True, output_norm="tanh_batchnorm")
     idaa = IDAATransform(vae, loss_fn=linear_loss(torch.randn(1, 3, 32, 32)), eps=0.5)
     parts = idaa.decompose(x)
-    torch.testing.assert_close(parts.identity + parts.residual, x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(parts.reconstruction + parts.residual, x, atol=1e-6, rtol=0)
     assert idaa(x).shape == x.shape
     assert isinstance(vae.config, VAEConfig)

@@ -19,7 +19,7 @@ def test_decomposition_and_output_on_device(device):
     idaa = IDAATransform(make_vae(), encoder=make_encoder().to(device), eps=0.2).to(device)
     x = batch().to(device).to(memory_format=torch.channels_last)
     parts = idaa.decompose(x)
-    torch.testing.assert_close(parts.identity + parts.residual, x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(parts.reconstruction + parts.residual, x, atol=1e-5, rtol=0)
     out = idaa(x)
     assert out.device == x.device and out.dtype == x.dtype and out.shape == x.shape and not out.requires_grad
     assert (out - x).abs().amax() > 1e-3  # the attack moved the batch

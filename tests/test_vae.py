@@ -36,6 +36,16 @@ def count_bn(module: nn.Module) -> int:
         (dict(num_res_blocks=-1), r"num_res_blocks: expected an int >= 0, got -1"),
         (dict(num_res_blocks=1.5), r"num_res_blocks: expected an int >= 0, got 1.5"),
         (dict(num_res_blocks="2"), r"num_res_blocks: expected an int >= 0, got '2'"),
+        (dict(bottleneck_norm="yes"), r"bottleneck_norm: expected true or false, got 'yes'"),
+        (dict(bottleneck_norm=1), r"bottleneck_norm: expected true or false, got 1"),
+        (dict(output_norm=None), r"output_norm: expected one of \('tanh', 'tanh_batchnorm'\), got None"),
+        (dict(input_mean=None), r"input_mean: expected 3 finite numbers \(one per channel\), got None"),
+        (dict(input_mean="abc"), r"input_mean: expected 3 finite numbers \(one per channel\), got 'abc'"),
+        (dict(input_mean=0.5), r"input_mean: expected 3 finite numbers \(one per channel\), got 0\.5"),
+        (dict(input_mean=(0.5, None, 0.5)), r"input_mean: expected 3 finite numbers"),
+        (dict(input_mean=(0.5, True, 0.5)), r"input_mean: expected 3 finite numbers"),
+        (dict(input_mean=(0.5, float("nan"), 0.5)), r"input_mean: expected 3 finite numbers .*got \(0\.5, nan, 0\.5\)"),
+        (dict(input_std=(0.5, 0.5, float("inf"))), r"input_std: expected 3 finite numbers .*got \(0\.5, 0\.5, inf\)"),
     ],
 )
 def test_config_validation(options, message):
@@ -202,3 +212,38 @@ def test_encoding_sample():
     z = enc.sample(torch.Generator().manual_seed(0))
     assert abs(float(z.mean()) - 3.0) < 0.2
     assert abs(float(z.std()) - 2.0) < 0.2
+
+
+# -- posterior mean --------------------------------------------------------------------------------------------------
+
+
+def test_posterior_mean_is_mu_without_the_logvar_head(vae):
+    calls = []
+    vae.fc_logvar.register_forward_hook(lambda *args: calls.append(1))
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        mu = vae.posterior_mean(x)
+        assert calls == []
+        torch.testing.assert_close(mu, vae.encode(x).mu, atol=0, rtol=0)
+    assert calls == [1]
+
+
+def test_posterior_mean_follows_an_overridden_encode(vae):
+    class Shifted(IdentityVAE):
+        def encode(self, x):
+            enc = super().encode(x)
+            return VAEEncoding(enc.mu + 1, enc.logvar)
+
+    shifted = Shifted(vae.config).eval()
+    shifted.load_state_dict(vae.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(shifted.posterior_mean(x), vae.posterior_mean(x) + 1)
+        vae.encode = lambda v: VAEEncoding(torch.zeros(v.shape[0], 8), torch.zeros(v.shape[0], 8))
+        assert torch.equal(vae.posterior_mean(x), torch.zeros(2, 8))
+
+
+def test_posterior_mean_has_gradients(vae):
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    vae.posterior_mean(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
