@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from idaa_transforms import _files
 from idaa_transforms._grids import decomposition_rows, save_image_rows
 from idaa_transforms._rng import rng_state, set_rng_state
-from idaa_transforms.attack import call_without_buffer_updates
+from idaa_transforms.attack import Adversary, call_without_buffer_updates
 from idaa_transforms.bn import adversarial_bn, convert_to_dual_bn
 from idaa_transforms.data import class_balanced_subset, load_images, to_float_images
 from idaa_transforms.pixel_fgsm import PixelFGSM
@@ -63,7 +63,6 @@ RUN_FILES = (CHECKPOINT, METRICS, RESULTS, GRID)
 _CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "metrics", "config", "world_size")
 
 Method = SimCLR | BYOL
-Adversary = IDAATransform | PixelFGSM
 
 
 @dataclass
