@@ -4,7 +4,9 @@
     python examples/byol_cifar.py --dataset photos --arch small_cnn --epochs 15 --out runs/byol-quickstart
 """
 
+import sys
+
 from idaa_transforms.trainers.cli import main
 
 if __name__ == "__main__":
-    main(method="byol")
+    sys.exit(main(method="byol"))

@@ -5,7 +5,9 @@
     torchrun --nproc_per_node=2 examples/simclr_cifar.py --amp --out runs/simclr-2gpu
 """
 
+import sys
+
 from idaa_transforms.trainers.cli import main
 
 if __name__ == "__main__":
-    main(method="simclr")
+    sys.exit(main(method="simclr"))

@@ -1,4 +1,4 @@
-"""Shared tiny fixtures: every model here runs in milliseconds on a CPU."""
+"""Shared fixtures; the tiny models and batches behind them live in ``helpers.py`` (``from helpers import ...``)."""
 
 from __future__ import annotations
 
@@ -6,56 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from idaa_transforms import IDAATransform, IdentityVAE, VAEConfig
-
-TINY = dict(width=16, latent_dim=8)
-
-
-def make_vae(seed: int = 0, **overrides) -> IdentityVAE:
-    """A tiny randomly initialised VAE (32 px, 16 channels, 8 latents) in eval mode, deterministic per seed."""
-    torch.manual_seed(seed)
-    vae = IdentityVAE(VAEConfig(**{**TINY, **overrides}))
-    # Non-trivial BatchNorm statistics, so that eval-mode outputs depend on them.
-    with torch.no_grad():
-        for m in vae.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return vae.eval()
-
-
-def make_encoder(seed: int = 1, out_features: int = 16) -> nn.Sequential:
-    """A tiny conv encoder with a BatchNorm, in train mode, with non-default running statistics."""
-    torch.manual_seed(seed)
-    encoder = nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, stride=2, padding=1),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32, out_features),
-        nn.BatchNorm1d(out_features),
-    )
-    with torch.no_grad():
-        for m in encoder.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.num_batches_tracked.fill_(7)
-    return encoder.train()
-
-
-def to_pixels(vae: IdentityVAE, z: torch.Tensor) -> torch.Tensor:
-    """``decode(z)`` mapped from the VAE's space ((p - 0.5) / 0.5 by default) back to [0, 1] pixels, by hand."""
-    mean = torch.tensor(vae.config.input_mean).view(1, -1, 1, 1)
-    std = torch.tensor(vae.config.input_std).view(1, -1, 1, 1)
-    with torch.no_grad():
-        return vae.decode(z) * std + mean
-
-
-def batch(b: int = 8, h: int = 32, w: int = 32, seed: int = 2) -> torch.Tensor:
-    return torch.rand(b, 3, h, w, generator=torch.Generator().manual_seed(seed))
+from helpers import TINY, batch, make_encoder, make_vae, to_pixels  # noqa: F401  (re-exported for older imports)
+from idaa_transforms import IDAATransform, IdentityVAE
 
 
 @pytest.fixture
@@ -96,3 +48,11 @@ def make_idaa(vae):
         return IDAATransform(vae, encoder=encoder, loss_fn=loss_fn, **options)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_dir(tmp_path_factory) -> str:
+    """A tiny VAE checkpoint folder: runs that use it test the plumbing, not the shipped VAE's quality."""
+    folder = tmp_path_factory.mktemp("tiny-vae")
+    make_vae().save_pretrained(folder)
+    return str(folder)

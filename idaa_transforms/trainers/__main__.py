@@ -1,4 +1,4 @@
-"""``python -m idaa_transforms.trainers``: the trainers' command line."""
+"""``python -m idaa_transforms.trainers`` (the ``idaa-train`` console script): the trainers' command line."""
 
 import sys
 
@@ -6,4 +6,4 @@ from idaa_transforms.trainers.cli import main
 
 if __name__ == "__main__":
     sys.argv[0] = "python -m idaa_transforms.trainers"
-    main()
+    sys.exit(main())

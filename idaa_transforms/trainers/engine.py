@@ -1,4 +1,4 @@
-"""The training loop shared by every method: data, optimisation, IDAA, evaluation, checkpoints and outputs.
+"""The training loop shared by every method: data, optimisation, the adversarial view, evaluation, checkpoints.
 
 One training step on a batch ``x`` (on the device):
 
@@ -11,12 +11,17 @@ One training step on a batch ``x`` (on the device):
    (one signed-gradient step of size ``pixel_eps`` on the pixels), everything else unchanged;
 4. one optimiser step on ``L(v1, v2) + alpha * L(v1, x_adv)``.
 
-Outputs in ``config.out`` (written by rank 0): ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (every
-``save_every`` epochs; ``resume=True`` continues from it exactly), ``idaa_grid.png`` and ``results.json``.
+A run is four jobs, one function each: prepare the output folder and read the checkpoint to resume from
+(:func:`_start`), build the model, adversary and optimiser (:func:`_build`), train epoch by epoch
+(:func:`_train_epoch`), and evaluate the final features (:func:`_finish`).
+
+Outputs in ``config.out`` (written by rank 0, each atomically): ``metrics.jsonl`` (one line per epoch),
+``checkpoint.pt`` (every ``save_every`` epochs; ``resume=True`` continues from it exactly), ``idaa_grid.png`` and
+``results.json``. :func:`read_run` reads a finished run back as a :class:`TrainResult`.
 
 Example:
     >>> cfg = TrainConfig(dataset="photos", arch="small_cnn", epochs=1)  # doctest: +SKIP
-    >>> train(cfg)["knn_acc"]  # doctest: +SKIP
+    >>> train(cfg).knn_acc  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -26,117 +31,141 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from idaa_transforms import _files
+from idaa_transforms._grids import decomposition_rows, save_image_rows
 from idaa_transforms._rng import rng_state, set_rng_state
+from idaa_transforms.attack import Adversary, call_without_buffer_updates
 from idaa_transforms.bn import adversarial_bn, convert_to_dual_bn
-from idaa_transforms.data import DATASETS, load_images
+from idaa_transforms.data import class_balanced_subset, load_images, to_float_images
 from idaa_transforms.pixel_fgsm import PixelFGSM
 from idaa_transforms.trainers import distributed as D
 from idaa_transforms.trainers.augment import simclr_views
+from idaa_transforms.trainers.config import TrainConfig, changed_settings
 from idaa_transforms.trainers.evaluation import extract_features, knn_accuracy, linear_probe
-from idaa_transforms.trainers.methods import METHODS, build_method
-from idaa_transforms.trainers.models import ARCHS
-from idaa_transforms.attack import call_without_buffer_updates
+from idaa_transforms.trainers.methods import BYOL, SimCLR, build_method
 from idaa_transforms.transform import IDAATransform
 
-__all__ = ["TrainConfig", "train", "load_split", "write_grid", "CHECKPOINT", "METRICS", "RESULTS", "GRID"]
+__all__ = ["TrainConfig", "EpochMetrics", "TrainResult", "train", "read_run", "load_split", "build_model",
+           "build_adversary", "write_grid", "CHECKPOINT", "METRICS", "RESULTS", "GRID", "RUN_FILES"]
 
 CHECKPOINT, METRICS, RESULTS, GRID = "checkpoint.pt", "metrics.jsonl", "results.json", "idaa_grid.png"
-OPTIMIZERS = ("adam", "sgd")
-ADVERSARIES = ("idaa", "pixel_fgsm")
-SCHEDULES = ("cosine", "constant")
-# Settings that may change between a run and its resumption without changing what is computed.
-_RESUMABLE = {"resume", "epochs", "stop_after", "save_every", "no_progress", "workers", "device", "out", "data_dir",
-              "download"}
+#: The files a run writes: any of them in ``--out`` means a run is already there.
+RUN_FILES = (CHECKPOINT, METRICS, RESULTS, GRID)
+_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "metrics", "config", "world_size")
+
+Method = SimCLR | BYOL
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run depends on; the command line (:mod:`~idaa_transforms.trainers.cli`) builds one.
+class EpochMetrics:
+    """One line of ``metrics.jsonl``: mean losses over the epoch's steps, the kNN monitor (``None`` when not run
+    that epoch) and the epoch's training time."""
 
-    The defaults are the IDAA paper's CIFAR SimCLR settings (Adam 3e-4, weight decay 1e-6, temperature 0.5,
-    projection 512 -> 64, eps 0.1, alpha 1).
+    epoch: int
+    loss: float
+    loss_clean: float
+    loss_adv: float | None
+    knn_acc: float | None
+    lr: float
+    seconds: float
+    images_per_s: float
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: final accuracies (in [0, 1]; ``None`` for a run stopped early), throughput, settings.
+
+    ``stopped_after`` is the number of epochs done when ``stop_after`` ended the run before ``epochs``; such a run
+    has no final evaluation and continues with ``resume=True``.
     """
 
-    method: str = "simclr"
-    dataset: str = "cifar10"
-    data_dir: str = "data"
-    download: bool = True
-    crops_per_photo: int = 256
-    image_size: int = 32
-    arch: str = "resnet18"
-    proj_hidden: int = 512
-    proj_dim: int = 64
-    temperature: float = 0.5
-    byol_momentum: float = 0.99
-    idaa: bool = True
-    vae: str | None = None
-    eps: float = 0.1
-    adversary: str = "idaa"
-    pixel_eps: float = 8 / 255
-    alpha: float = 1.0
-    attack_steps: int = 1
-    dual_bn: bool = True
-    epochs: int = 200
-    batch_size: int = 256
-    optimizer: str = "adam"
-    lr: float = 3e-4
-    weight_decay: float = 1e-6
-    schedule: str = "cosine"
-    warmup_epochs: int = 0
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    knn_every: int = 1
-    probe_steps: int = 300
-    amp: bool = False
-    device: str | None = None
-    seed: int = 0
-    out: str = "runs/simclr"
-    resume: bool = False
-    save_every: int = 10
-    stop_after: int | None = None
-    workers: int = 4
-    no_progress: bool = False
+    knn_acc: float | None
+    linear_acc: float | None
+    final_loss: float | None
+    images_per_s: float | None
+    epochs: int
+    world_size: int
+    device: str
+    config: dict[str, Any]
+    metrics: list[EpochMetrics] = field(default_factory=list)
+    stopped_after: int | None = None
 
-    def __post_init__(self) -> None:
-        for name, choices in (("method", METHODS), ("dataset", DATASETS), ("arch", ARCHS),
-                              ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                              ("adversary", ADVERSARIES)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name}: expected one of {choices}, got {getattr(self, name)!r}.")
-        for name in ("epochs", "batch_size", "save_every", "knn_k", "knn_every", "probe_steps", "attack_steps",
-                     "crops_per_photo", "image_size", "proj_hidden", "proj_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}.")
-        for name in ("lr", "temperature", "knn_temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: expected a number > 0, got {getattr(self, name)!r}.")
-        for name in ("eps", "pixel_eps", "alpha", "weight_decay", "warmup_epochs", "workers"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}.")
-        if not 0 <= self.byol_momentum <= 1:
-            raise ValueError(f"byol_momentum: expected a number in [0, 1], got {self.byol_momentum!r}.")
-        if self.stop_after is not None and self.stop_after < 1:
-            raise ValueError(f"stop_after: expected a positive number of epochs or None, got {self.stop_after!r}.")
+    @property
+    def finished(self) -> bool:
+        return self.stopped_after is None
+
+    def summary(self) -> str:
+        """The one line printed at the end of a run."""
+        if not self.finished:
+            return f"stopped after epoch {self.stopped_after} of {self.epochs}; continue with --resume"
+        return (f"kNN accuracy {self.knn_acc:.4f}, linear accuracy {self.linear_acc:.4f}, {self.images_per_s} "
+                f"images/s")
+
+
+def read_run(folder: str | Path) -> TrainResult:
+    """A finished run read back from its folder (``results.json`` and ``metrics.jsonl``).
+
+    Raises:
+        FileNotFoundError: the folder holds no finished run.
+    """
+    folder = Path(folder)
+    if not (folder / RESULTS).is_file():
+        raise FileNotFoundError(f"{folder} holds no finished run ({RESULTS} is missing).")
+    saved = json.loads((folder / RESULTS).read_text())
+    metrics = [EpochMetrics(**row) for row in _files.read_jsonl(folder / METRICS)]
+    return TrainResult(**{k: saved[k] for k in ("knn_acc", "linear_acc", "final_loss", "images_per_s", "epochs",
+                                                "world_size", "device", "config")}, metrics=metrics)
 
 
 def load_split(cfg: TrainConfig, train: bool) -> tuple[Tensor, Tensor]:
-    """A split of ``cfg.dataset`` as in-memory uint8 ``(images, labels)`` (see :func:`~idaa_transforms.data.load_images`)."""
+    """A split of ``cfg.dataset`` as in-memory uint8 ``(images, labels)`` on the CPU
+    (see :func:`~idaa_transforms.data.load_images`).
+
+    With ``cfg.subset`` the training split is a class-balanced subset of that many images and the test split one of
+    at most that many; both are drawn with a fixed seed, so every seed of a comparison sees the same images.
+    """
+    if not train and cfg.subset is not None:
+        images, labels = load_split(dataclasses.replace(cfg, subset=None), train=False)
+        if labels.numel() > cfg.subset:
+            index = class_balanced_subset(labels, cfg.subset, seed=0)
+            images, labels = images[index], labels[index]
+        return images, labels
     return load_images(cfg.dataset, cfg.data_dir, train=train, download=cfg.download, image_size=cfg.image_size,
-                       crops_per_photo=cfg.crops_per_photo, seed=cfg.seed if cfg.dataset != "photos" else 0)
+                       subset=cfg.subset, seed=0, crops_per_photo=cfg.crops_per_photo)
 
 
-def _to_float(x: Tensor) -> Tensor:
-    return x.float().div_(255) if x.dtype == torch.uint8 else x
+def build_model(cfg: TrainConfig) -> Method:
+    """A fresh ``cfg.method`` on a fresh ``cfg.arch``, with adversarial BatchNorms when the run uses them."""
+    model = build_method(cfg.method, cfg.arch, hidden_dim=cfg.proj_hidden, proj_dim=cfg.proj_dim,
+                         temperature=cfg.temperature, momentum=cfg.byol_momentum)
+    if cfg.idaa and cfg.dual_bn:
+        convert_to_dual_bn(model)
+    return model
+
+
+def build_adversary(cfg: TrainConfig, model: Method, device: torch.device, *, eps: float | None = None,
+                    pixel_eps: float | None = None) -> Adversary | None:
+    """The run's adversary on ``model`` (``None`` for the baseline); ``eps``/``pixel_eps`` override the config's."""
+    if not cfg.idaa:
+        return None
+    if cfg.adversary == "pixel_fgsm":
+        # BYOL has no ``encoder``: its adversarial_view passes its own loss_fn, so the module is never called.
+        step = cfg.pixel_eps if pixel_eps is None else pixel_eps
+        return PixelFGSM(encoder=getattr(model, "encoder", model), eps=step,
+                         temperature=cfg.temperature, use_adversarial_bn=cfg.dual_bn)
+    return IDAATransform.from_pretrained(cfg.vae, encoder=getattr(model, "encoder", None),
+                                         eps=cfg.eps if eps is None else eps, steps=cfg.attack_steps,
+                                         temperature=cfg.temperature, use_adversarial_bn=cfg.dual_bn,
+                                         map_location=device)
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -160,31 +189,19 @@ def _schedule(cfg: TrainConfig, steps_per_epoch: int):
     return factor
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(path)
-
-
-def write_grid(idaa: IDAATransform | PixelFGSM, model: nn.Module, x: Tensor, path: str | Path) -> None:
+def write_grid(adversary: Adversary, model: Method, x: Tensor, path: str | Path) -> None:
     """PNG rows: ``x``, ``G(x)``, ``R(x)`` (x4 around grey), ``x_adv`` and ``|x_adv - x|`` scaled to its maximum.
 
     ``model`` (a method in train mode) is attacked as in training; its BatchNorm statistics are left untouched.
     A :class:`PixelFGSM` has no decomposition: its grid has the rows ``x``, ``x_adv`` and ``|x_adv - x|``.
     """
-    from torchvision.utils import save_image
-
+    reconstruction = residual = None
     with torch.no_grad():
-        parts = idaa.decompose(x) if isinstance(idaa, IDAATransform) else None
+        if isinstance(adversary, IDAATransform):
+            reconstruction, residual, _ = adversary.decompose(x)
         out = call_without_buffer_updates(model, x)
-    x_adv = model.adversarial_view(idaa, x, out)
-    diff = (x_adv - x).abs()
-    middle = [] if parts is None else [parts.identity, parts.residual * 4 + 0.5]
-    rows = [x, *middle, x_adv, diff / diff.amax().clamp_min(1e-8)]
-    grid = torch.cat([r.float().clamp(0, 1) for r in rows]).cpu()
-    if grid.shape[-1] < 96:  # small images: enlarge (nearest) so the grid is readable in an image viewer
-        grid = torch.nn.functional.interpolate(grid, scale_factor=96 // grid.shape[-1], mode="nearest")
-    save_image(grid, str(path), nrow=x.shape[0], padding=2, pad_value=1.0)
+    x_adv = model.adversarial_view(adversary, x, out)
+    save_image_rows(decomposition_rows(x, reconstruction, residual, x_adv=x_adv), path)
 
 
 class _DelayedScalar:
@@ -210,188 +227,264 @@ class _DelayedScalar:
         return float(self._host), self._count
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train ``cfg.method`` on ``cfg.dataset``; returns the results (also written to ``<out>/results.json``).
+class _Data(NamedTuple):
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+
+
+@dataclass
+class _Parts:
+    """What :func:`_build` makes: the model (and its DDP wrapper), the adversary, the optimiser and schedule."""
+
+    model: Method
+    net: nn.Module
+    adversary: Adversary | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    views: nn.Module
+    steps_per_epoch: int
+
+
+def train(cfg: TrainConfig, *, deadline: float | None = None) -> TrainResult:
+    """Train ``cfg.method`` on ``cfg.dataset``; the results are also written to ``<out>/results.json``.
 
     Runs distributed when launched by ``torchrun``. With ``stop_after`` the run stops after that many epochs in
     total (after writing a checkpoint) and returns the metrics so far without the final evaluation.
+
+    Args:
+        cfg: the run's settings.
+        deadline: a ``time.time()`` by which to stop: the run stops between epochs (after writing a checkpoint)
+            when the next epoch, as long as the last one, would end past it; ``resume=True`` continues it.
+
+    Raises:
+        ValueError: ``out`` holds another run (without ``resume``/``overwrite``), is a file or is not writable; the
+            checkpoint to resume from is unreadable or was made with settings that change the result; the batch does
+            not fit the data or the processes.
     """
     env = D.setup(cfg.device)
     try:
-        return _train(cfg, env)
+        out, ckpt = _start(cfg, env)
+        data = _load_data(cfg, env)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every process
+        parts = _build(cfg, env, data.train_x.shape[0])
+        start_epoch, metrics = _restore(cfg, env, parts, ckpt)
+        grid_x = to_float_images(data.test_x[torch.linspace(0, data.test_x.shape[0] - 1, 8).long().to(env.device)])
+        last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
+        for epoch in range(start_epoch, last_epoch):
+            tic = time.time()
+            metrics.append(_train_epoch(cfg, env, parts, data, epoch))
+            if env.is_main:
+                _files.atomic_write_jsonl(out / METRICS, map(dataclasses.asdict, metrics))
+                if parts.adversary is not None:
+                    write_grid(parts.adversary, parts.model, grid_x, out / GRID)
+                if not cfg.no_progress:
+                    shown = {k: (round(v, 4) if isinstance(v, float) else v)
+                             for k, v in dataclasses.asdict(metrics[-1]).items()}
+                    tqdm.write(json.dumps(shown))
+            if epoch + 1 < last_epoch and _past(env, deadline, 2 * time.time() - tic):
+                last_epoch = epoch + 1
+            if (epoch + 1) % cfg.save_every == 0 or epoch + 1 in (cfg.epochs, last_epoch):
+                _save(cfg, env, out / CHECKPOINT, parts, epoch + 1, metrics)
+            if epoch + 1 == last_epoch:
+                break
+        result = _finish(cfg, env, parts, data, metrics[start_epoch:] or metrics, metrics, last_epoch)
+        if env.is_main:
+            if result.finished:
+                _files.atomic_write_json(out / RESULTS, {k: v for k, v in dataclasses.asdict(result).items()
+                                                         if k not in ("metrics", "stopped_after")})
+            print(f"{result.summary()}; outputs in {out}/", flush=True)
+        if env.distributed:
+            dist.barrier()
+        return result
     finally:
         D.cleanup(env)
 
 
-def _train(cfg: TrainConfig, env: D.DistEnv) -> dict[str, Any]:
-    device, out = env.device, Path(cfg.out)
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / CHECKPOINT
-    ckpt = None
-    if cfg.resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        saved = ckpt["config"]
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # for settings added since
-        changed = {k: (saved.get(k, defaults[k]), v) for k, v in dataclasses.asdict(cfg).items()
-                   if k not in _RESUMABLE and saved.get(k, defaults[k]) != v}
-        if changed:
-            raise ValueError(f"resume: the checkpoint in {ckpt_path} was made with different settings "
-                             f"(name: (checkpoint, now)): {changed}.")
-    torch.manual_seed(cfg.seed)  # the same initial weights on every process
+def _past(env: D.DistEnv, deadline: float | None, when: float) -> bool:
+    """Whether ``when`` is past ``deadline``, as rank 0 sees it (every process takes the same decision)."""
+    if deadline is None:
+        return False
+    decision = torch.tensor([float(when > deadline)], device=env.device)
+    if env.distributed:
+        dist.broadcast(decision, src=0)
+    return bool(decision.item())
 
+
+def _on_main(env: D.DistEnv, job):
+    """Run ``job()`` on rank 0 and share its result, or its ``ValueError``, with every process."""
+    outcome: list[Any] = [None]
+    if env.is_main:
+        try:
+            outcome = [("ok", job())]
+        except ValueError as err:
+            outcome = [("error", str(err))]
+    if env.distributed:
+        dist.broadcast_object_list(outcome, src=0)
+    kind, value = outcome[0]
+    if kind == "error":
+        raise ValueError(value)
+    return value
+
+
+def _start(cfg: TrainConfig, env: D.DistEnv) -> tuple[Path, dict[str, Any] | None]:
+    """Prepare ``cfg.out`` (refusing to start afresh over another run) and read the checkpoint to resume from."""
+    out = Path(cfg.out)
+
+    def prepare() -> None:
+        _files.prepare_run_dir(out, resume=cfg.resume, overwrite=cfg.overwrite, markers=RUN_FILES)
+
+    _on_main(env, prepare)
+    path = out / CHECKPOINT
+    if not cfg.resume:
+        return out, None
+    if not path.is_file():
+        if env.is_main:
+            print(f"resume: no {path} yet; starting from scratch.", file=sys.stderr)
+        return out, None
+    ckpt = _files.load_torch_state(path, map_location=env.device)
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is not a checkpoint of these trainers (it lacks {', '.join(missing)}); delete it "
+                         f"and start again without --resume, or point --out to another folder.")
+    changed = changed_settings(ckpt["config"], cfg)
+    if changed:
+        raise ValueError(f"resume: the checkpoint in {path} was made with different settings "
+                         f"(name: (checkpoint, now)): {changed}; resume with the same settings, or start a new run "
+                         f"in another --out.")
+    return out, ckpt
+
+
+def _load_data(cfg: TrainConfig, env: D.DistEnv) -> _Data:
     train_x, train_y = load_split(cfg, train=True)
     test_x, test_y = load_split(cfg, train=False)
-    train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
-    n = train_x.shape[0]
+    return _Data(*(t.to(env.device) for t in (train_x, train_y, test_x, test_y)))
+
+
+def _build(cfg: TrainConfig, env: D.DistEnv, n: int) -> _Parts:
+    """The model (on the device, wrapped for DDP when distributed), its adversary, optimiser and LR schedule."""
+    per_process = cfg.batch_size // env.world_size
+    if cfg.batch_size % env.world_size or per_process < 2:
+        raise ValueError(f"batch_size: {cfg.batch_size} over {env.world_size} processes: expected a multiple of the "
+                         f"number of processes with at least 2 images per process (BatchNorm needs two).")
     steps_per_epoch = n // cfg.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size: {cfg.batch_size} is larger than the training set ({n} images).")
-
-    model = build_method(cfg.method, cfg.arch, hidden_dim=cfg.proj_hidden, proj_dim=cfg.proj_dim,
-                         temperature=cfg.temperature, momentum=cfg.byol_momentum)
-    if cfg.idaa and cfg.dual_bn:
-        convert_to_dual_bn(model)
-    model.to(device)
+        raise ValueError(f"batch_size: {cfg.batch_size} is larger than the training set ({n} images); "
+                         f"use a smaller --batch-size.")
+    model = build_model(cfg).to(env.device)
     torch.manual_seed(cfg.seed * 1000 + env.rank)  # then a random stream (views) per process
-    idaa: IDAATransform | PixelFGSM | None = None
-    if cfg.idaa and cfg.adversary == "pixel_fgsm":
-        # BYOL has no ``encoder``: its adversarial_view passes its own loss_fn, so the module is never called.
-        idaa = PixelFGSM(encoder=getattr(model, "encoder", model), eps=cfg.pixel_eps, temperature=cfg.temperature,
-                         use_adversarial_bn=cfg.dual_bn)
-    elif cfg.idaa:
-        idaa = IDAATransform.from_pretrained(cfg.vae, encoder=getattr(model, "encoder", None), eps=cfg.eps,
-                                             steps=cfg.attack_steps, temperature=cfg.temperature,
-                                             use_adversarial_bn=cfg.dual_bn, map_location=device)
+    adversary = build_adversary(cfg, model, env.device)
     net: nn.Module = model
     if env.distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
     optimizer = _optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, steps_per_epoch))
-    views = simclr_views(cfg.image_size)
+    return _Parts(model, net, adversary, optimizer, scheduler, simclr_views(cfg.image_size), steps_per_epoch)
 
-    metrics: list[dict[str, Any]] = []
-    start_epoch = 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch, metrics = ckpt["epoch"], ckpt["metrics"]
-        if ckpt["world_size"] == env.world_size:
-            set_rng_state(ckpt["rng"][env.rank], device)
-        elif env.is_main:
-            print(f"resume: the checkpoint was written by {ckpt['world_size']} processes, this run has "
-                  f"{env.world_size}; random streams restart.", file=sys.stderr)
-    elif cfg.resume and env.is_main:
-        print(f"resume: no {ckpt_path} yet; starting from scratch.", file=sys.stderr)
 
-    grid_x = _to_float(test_x[torch.linspace(0, test_x.shape[0] - 1, 8).long().to(device)])
+def _restore(cfg: TrainConfig, env: D.DistEnv, parts: _Parts,
+             ckpt: dict[str, Any] | None) -> tuple[int, list[EpochMetrics]]:
+    """Load the checkpoint's state into ``parts``; the epoch to start from and the metrics so far."""
+    if ckpt is None:
+        return 0, []
+    parts.model.load_state_dict(ckpt["model"])
+    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    parts.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt["world_size"] == env.world_size:
+        set_rng_state(ckpt["rng"][env.rank], env.device)
+    elif env.is_main:
+        print(f"resume: the checkpoint was written by {ckpt['world_size']} processes, this run has "
+              f"{env.world_size}; random streams restart.", file=sys.stderr)
+    return ckpt["epoch"], [EpochMetrics(**row) for row in ckpt["metrics"]]
+
+
+def _train_epoch(cfg: TrainConfig, env: D.DistEnv, parts: _Parts, data: _Data, epoch: int) -> EpochMetrics:
+    """One epoch of steps; the kNN monitor on rank 0 when due. One host sync, at the end."""
+    model, net, adversary, device = parts.model, parts.net, parts.adversary, env.device
+    steps = parts.steps_per_epoch
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
-    last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
-
-    for epoch in range(start_epoch, last_epoch):
-        model.train()
-        batches = D.shard_indices(n, cfg.batch_size, cfg.seed, epoch, env.rank, env.world_size)
-        sums = torch.zeros(3, device=device)
-        running_loss = _DelayedScalar(device)
-        bar = tqdm(total=steps_per_epoch * cfg.batch_size, unit="img", unit_scale=True, leave=False,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=cfg.no_progress or not env.is_main)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        tic = time.perf_counter()
-        for step, index in enumerate(batches):
-            x = _to_float(train_x[index.to(device, non_blocking=True)])
-            with torch.no_grad():
-                v1, v2 = views(x), views(x)
-            with amp:
-                out1, out2 = net(v1), net(v2)
-                loss_clean = model.pair_loss(out1, out2)
-                loss_adv = torch.zeros((), device=device)
-                if idaa is not None:
-                    x_adv = model.adversarial_view(idaa, v1, out1)
-                    with adversarial_bn(cfg.dual_bn):
-                        out_adv = net(x_adv)
-                    loss_adv = model.pair_loss(out1, out_adv)
-                loss = loss_clean + cfg.alpha * loss_adv
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            model.after_step((epoch * steps_per_epoch + step + 1) / (cfg.epochs * steps_per_epoch))
-            sums += torch.stack([loss.detach(), loss_clean.detach(), loss_adv.detach()]).float()
-            bar.update(cfg.batch_size)
-            if step % 10 == 9 and not bar.disable:
-                shown = running_loss.read()  # the value sent 10 steps ago: no wait on the device
-                if shown is not None:
-                    bar.set_postfix(loss=f"{shown[0] / shown[1]:.4f}", refresh=False)
-                running_loss.send(sums[0], step + 1)
-        bar.close()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - tic
-        loss, loss_clean, loss_adv = (D.all_reduce_mean(sums) / steps_per_epoch).tolist()  # one sync per epoch
-        row: dict[str, Any] = {
-            "epoch": epoch + 1, "loss": loss, "loss_clean": loss_clean, "loss_adv": loss_adv if cfg.idaa else None,
-            "knn_acc": None, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
-            "images_per_s": round(steps_per_epoch * cfg.batch_size / seconds, 1),
-        }
-        if env.is_main and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
-            row["knn_acc"] = _knn(cfg, model.backbone, train_x, train_y, test_x, test_y)
-        metrics.append(row)
-        if env.is_main:
-            _write_jsonl(out / METRICS, metrics)
-            if idaa is not None:
-                write_grid(idaa, model, grid_x, out / GRID)
-            if not cfg.no_progress:
-                shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
-                tqdm.write(json.dumps(shown))
-        if (epoch + 1) % cfg.save_every == 0 or epoch + 1 in (cfg.epochs, last_epoch):
-            _save(cfg, env, ckpt_path, model, optimizer, scheduler, epoch + 1, metrics)
-
-    if last_epoch < cfg.epochs:
-        return {"stopped_after": last_epoch, "metrics": metrics}
-    results: dict[str, Any] = {}
-    if env.is_main:
-        train_f = extract_features(model.backbone, train_x)
-        test_f = extract_features(model.backbone, test_x)
-        this_run = [m["images_per_s"] for m in metrics[start_epoch:]] or [m["images_per_s"] for m in metrics]
-        results = {
-            "knn_acc": knn_accuracy(train_f, train_y, test_f, test_y, cfg.knn_k, cfg.knn_temperature),
-            "linear_acc": linear_probe(train_f, train_y, test_f, test_y, steps=cfg.probe_steps),
-            "final_loss": metrics[-1]["loss"] if metrics else None,
-            "images_per_s": round(sum(this_run) / len(this_run), 1) if this_run else None,
-            "epochs": cfg.epochs,
-            "world_size": env.world_size,
-            "device": str(device),
-            "args": dataclasses.asdict(cfg),
-        }
-        (out / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
-        if not cfg.no_progress:
-            print(f"kNN accuracy {results['knn_acc']:.4f}, linear accuracy {results['linear_acc']:.4f}, "
-                  f"{results['images_per_s']} images/s; outputs in {out}/")
-    if env.distributed:
-        dist.barrier()
-    return results
+    model.train()
+    batches = D.shard_indices(data.train_x.shape[0], cfg.batch_size, cfg.seed, epoch, env.rank, env.world_size)
+    sums = torch.zeros(3, device=device)
+    running_loss = _DelayedScalar(device)
+    bar = tqdm(total=steps * cfg.batch_size, unit="img", unit_scale=True, leave=False,
+               desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=cfg.no_progress or not env.is_main)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    tic = time.perf_counter()
+    for step, index in enumerate(batches):
+        x = to_float_images(data.train_x[index.to(device, non_blocking=True)])
+        with torch.no_grad():
+            v1, v2 = parts.views(x), parts.views(x)
+        with amp:
+            out1, out2 = net(v1), net(v2)
+            loss_clean = model.pair_loss(out1, out2)
+            loss_adv = torch.zeros((), device=device)
+            if adversary is not None:
+                x_adv = model.adversarial_view(adversary, v1, out1)
+                with adversarial_bn(cfg.dual_bn):
+                    out_adv = net(x_adv)
+                loss_adv = model.pair_loss(out1, out_adv)
+            loss = loss_clean + cfg.alpha * loss_adv
+        parts.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        parts.optimizer.step()
+        parts.scheduler.step()
+        model.after_step((epoch * steps + step + 1) / (cfg.epochs * steps))
+        sums += torch.stack([loss.detach(), loss_clean.detach(), loss_adv.detach()]).float()
+        bar.update(cfg.batch_size)
+        if step % 10 == 9 and not bar.disable:
+            shown = running_loss.read()  # the value sent 10 steps ago: no wait on the device
+            if shown is not None:
+                bar.set_postfix(loss=f"{shown[0] / shown[1]:.4f}", refresh=False)
+            running_loss.send(sums[0], step + 1)
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - tic
+    loss_mean, clean_mean, adv_mean = (D.all_reduce_mean(sums) / steps).tolist()  # one sync per epoch
+    knn = None
+    if env.is_main and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
+        knn = _knn(cfg, model.backbone, data)
+    return EpochMetrics(epoch=epoch + 1, loss=loss_mean, loss_clean=clean_mean,
+                        loss_adv=adv_mean if adversary is not None else None, knn_acc=knn,
+                        lr=parts.optimizer.param_groups[0]["lr"], seconds=round(seconds, 3),
+                        images_per_s=round(steps * cfg.batch_size / seconds, 1))
 
 
-def _knn(cfg: TrainConfig, backbone: nn.Module, train_x: Tensor, train_y: Tensor, test_x: Tensor,
-         test_y: Tensor) -> float:
-    train_f, test_f = extract_features(backbone, train_x), extract_features(backbone, test_x)
-    return knn_accuracy(train_f, train_y, test_f, test_y, cfg.knn_k, cfg.knn_temperature)
+def _knn(cfg: TrainConfig, backbone: nn.Module, data: _Data) -> float:
+    train_f, test_f = extract_features(backbone, data.train_x), extract_features(backbone, data.test_x)
+    return knn_accuracy(train_f, data.train_y, test_f, data.test_y, cfg.knn_k, cfg.knn_temperature)
 
 
-def _save(cfg: TrainConfig, env: D.DistEnv, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-          scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, metrics: list[dict[str, Any]]) -> None:
+def _finish(cfg: TrainConfig, env: D.DistEnv, parts: _Parts, data: _Data, this_run: list[EpochMetrics],
+            metrics: list[EpochMetrics], last_epoch: int) -> TrainResult:
+    """The final kNN accuracy and linear probe on rank 0 (none for a run stopped before its last epoch)."""
+    speed = round(sum(m.images_per_s for m in this_run) / len(this_run), 1) if this_run else None
+    result = TrainResult(knn_acc=None, linear_acc=None, final_loss=metrics[-1].loss if metrics else None,
+                         images_per_s=speed, epochs=cfg.epochs, world_size=env.world_size, device=str(env.device),
+                         config=cfg.to_dict(), metrics=metrics,
+                         stopped_after=last_epoch if last_epoch < cfg.epochs else None)
+    if result.finished and env.is_main:
+        train_f = extract_features(parts.model.backbone, data.train_x)
+        test_f = extract_features(parts.model.backbone, data.test_x)
+        result.knn_acc = knn_accuracy(train_f, data.train_y, test_f, data.test_y, cfg.knn_k, cfg.knn_temperature)
+        result.linear_acc = linear_probe(train_f, data.train_y, test_f, data.test_y, steps=cfg.probe_steps)
+    return result
+
+
+def _save(cfg: TrainConfig, env: D.DistEnv, path: Path, parts: _Parts, epoch: int,
+          metrics: list[EpochMetrics]) -> None:
     rng = [rng_state(env.device)]
     if env.distributed:
         rng = [None] * env.world_size
         dist.all_gather_object(rng, {k: v.cpu() for k, v in rng_state(env.device).items()})
     if env.is_main:
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng, "metrics": metrics,
-                 "config": dataclasses.asdict(cfg), "world_size": env.world_size}
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        state = {"model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
+                 "scheduler": parts.scheduler.state_dict(), "epoch": epoch, "rng": rng,
+                 "metrics": [dataclasses.asdict(m) for m in metrics], "config": cfg.to_dict(),
+                 "world_size": env.world_size}
+        _files.atomic_torch_save(state, path)
     if env.distributed:
         dist.barrier()

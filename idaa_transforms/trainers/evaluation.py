@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from idaa_transforms.data import to_float_images
+
 __all__ = ["extract_features", "knn_predict", "knn_accuracy", "linear_probe"]
 
 
@@ -32,7 +34,7 @@ def extract_features(backbone: nn.Module, images: Tensor, batch_size: int = 512)
         chunks = []
         for start in range(0, images.shape[0], batch_size):
             x = images[start : start + batch_size].to(device, non_blocking=True)
-            x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+            x = to_float_images(x).float()
             chunks.append(F.normalize(backbone(x).float().flatten(1), dim=1))
         return torch.cat(chunks).to(images.device)
     finally:

@@ -5,8 +5,10 @@ needs), plus:
 
 * ``pair_loss(a, b)``: the self-supervised loss between the outputs of two views of the same images, over the
   global batch when running distributed;
-* ``adversarial_view(idaa, x, out)``: the IDAA view of ``x`` that increases the method's own loss against ``out``
-  (the outputs the training step already computed for ``x``);
+* ``adversarial_view(adversary, x, out)``: the adversarial view of ``x`` (from an
+  :class:`~idaa_transforms.attack.Adversary`: an :class:`~idaa_transforms.IDAATransform` or a
+  :class:`~idaa_transforms.PixelFGSM`) that increases the method's own loss against ``out`` (the outputs the
+  training step already computed for ``x``);
 * ``after_step(progress)``: per-step bookkeeping (BYOL's target update).
 
 Example:
@@ -25,16 +27,15 @@ import math
 import torch
 from torch import Tensor, nn
 
+from idaa_transforms.attack import Adversary, call_without_buffer_updates
 from idaa_transforms.bn import adversarial_bn
 from idaa_transforms.losses import negative_cosine, nt_xent
+from idaa_transforms.trainers.config import METHODS
 from idaa_transforms.trainers.distributed import all_gather_with_grad
 from idaa_transforms.trainers.models import build_encoder, mlp_head
-from idaa_transforms.attack import call_without_buffer_updates
-from idaa_transforms.transform import IDAATransform
 
 __all__ = ["METHODS", "SimCLR", "BYOL", "build_method"]
 
-METHODS = ("simclr", "byol")
 Outputs = dict[str, Tensor]
 
 
@@ -66,9 +67,9 @@ class SimCLR(nn.Module):
     def pair_loss(self, a: Outputs, b: Outputs) -> Tensor:
         return nt_xent(all_gather_with_grad(a["z"]), all_gather_with_grad(b["z"]), self.temperature)
 
-    def adversarial_view(self, idaa: IDAATransform, x: Tensor, out: Outputs) -> Tensor:
-        # The transform's built-in NT-Xent on self.encoder, with the projection of x we already have as anchor.
-        return idaa(x, anchor=out["z"].detach())
+    def adversarial_view(self, adversary: Adversary, x: Tensor, out: Outputs) -> Tensor:
+        # The adversary's built-in NT-Xent on self.encoder, with the projection of x we already have as anchor.
+        return adversary(x, anchor=out["z"].detach())
 
     def after_step(self, progress: float) -> None:
         pass
@@ -110,15 +111,15 @@ class BYOL(nn.Module):
     def pair_loss(self, a: Outputs, b: Outputs) -> Tensor:
         return negative_cosine(a["p"], b["t"]) + negative_cosine(b["p"], a["t"])
 
-    def adversarial_view(self, idaa: IDAATransform, x: Tensor, out: Outputs) -> Tensor:
+    def adversarial_view(self, adversary: Adversary, x: Tensor, out: Outputs) -> Tensor:
         # Increase the disagreement between the online prediction of x_adv and the target projection of x.
         target = out["t"].detach()
 
         def loss_fn(_: Tensor, x_adv: Tensor) -> Tensor:
-            with adversarial_bn(idaa.use_adversarial_bn):
+            with adversarial_bn(getattr(adversary, "use_adversarial_bn", False)):
                 return negative_cosine(call_without_buffer_updates(self, x_adv, target=False)["p"], target)
 
-        return idaa(x, loss_fn=loss_fn)
+        return adversary(x, loss_fn=loss_fn)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

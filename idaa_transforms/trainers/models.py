@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["ARCHS", "build_encoder", "cifar_resnet18", "small_cnn", "mlp_head"]
+from idaa_transforms.trainers.config import ARCHS
 
-ARCHS = ("resnet18", "small_cnn")
+__all__ = ["ARCHS", "build_encoder", "cifar_resnet18", "small_cnn", "mlp_head"]
 
 
 def cifar_resnet18() -> nn.Module:

@@ -14,11 +14,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import make_vae
 from idaa_transforms.losses import nt_xent
 from idaa_transforms.trainers.distributed import all_gather_with_grad, all_reduce_mean, shard_indices
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORLD = 2
 
 
@@ -68,19 +67,13 @@ def test_all_gather_is_identity_in_one_process():
     assert all_gather_with_grad(x) is x
 
 
-@pytest.fixture
-def tiny_vae_dir(tmp_path) -> str:
-    make_vae().save_pretrained(tmp_path / "vae")
-    return str(tmp_path / "vae")
-
-
 def test_torchrun_two_processes(tmp_path, tiny_vae_dir):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
            str(ROOT / "examples" / "simclr_cifar.py"), "--dataset", "photos", "--arch", "small_cnn",
            "--crops-per-photo", "16", "--batch-size", "32", "--epochs", "1", "--probe-steps", "20",
            "--device", "cpu", "--no-progress", "--vae", tiny_vae_dir, "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # this checkout, not an installed copy
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

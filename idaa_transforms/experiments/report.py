@@ -1,0 +1,288 @@
+"""The comparison's report: tables over seeds, paired tests in words, sanity anchors, and what it does not show.
+
+:func:`build_report` turns finished runs (:class:`~idaa_transforms.experiments.schedule.RunRecord`) into the markdown
+report and its JSON twin; every number in it says over how many seeds and epochs it was measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from idaa_transforms.data import EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS
+from idaa_transforms.experiments.anchors import PublishedAnchor
+from idaa_transforms.experiments.calibration import INPUTS, Calibration
+from idaa_transforms.experiments.schedule import LABELS, VARIANTS, RunRecord
+from idaa_transforms.experiments.stats import PairedComparison, paired_comparison, summarize
+from idaa_transforms.trainers.config import TrainConfig
+
+__all__ = ["SIGNIFICANCE", "ReportContext", "Anchors", "describe_difference", "check_no_leak", "describe_machine",
+           "build_report"]
+
+SIGNIFICANCE = 0.05
+
+
+@dataclass
+class ReportContext:
+    """Where and how the comparison ran: the command, the date, the machine and the data."""
+
+    command: str
+    date: str
+    machine: str
+    data: str
+
+
+@dataclass
+class Anchors:
+    """What the baseline is checked against: a randomly initialised network's kNN (%) and published figures."""
+
+    random_init_knn: float | None = None
+    published: list[PublishedAnchor] = field(default_factory=list)
+
+
+def describe_difference(label: str, metric: str, comparison: PairedComparison,
+                        significance: float = SIGNIFICANCE) -> str:
+    """One plain sentence on a paired difference (in accuracy points): distinguishable from seed noise or not.
+
+    The difference counts as noise when ``|mean| < std`` of the per-seed differences or the paired t p-value is above
+    ``significance``; otherwise the sentence also says whether the exact sign-flip test agrees.
+
+    Example:
+        >>> c = paired_comparison([70.0, 72.0, 69.0], [70.5, 70.0, 70.0])
+        >>> describe_difference("IDAA - baseline", "kNN", c)  # doctest: +ELLIPSIS
+        'IDAA - baseline, kNN: +0.17 ± 1.61 points over 3 seeds (paired t p = 0.87, sign-flip p = 1.00): not ...'
+    """
+    s = comparison.summary
+    head = (f"{label}, {metric}: {s.mean:+.2f} ± {s.std:.2f} points over {s.n} seeds "
+            f"(paired t p = {comparison.t_p_value:.2f}, sign-flip p = {comparison.sign_flip_p_value:.2f})")
+    if s.n < 2:
+        return f"{label}, {metric}: {s.mean:+.2f} points from a single seed: no spread, no test, not evidence."
+    if abs(s.mean) < s.std or not comparison.t_p_value <= significance:
+        return head + ": not distinguishable from seed noise."
+    direction = "higher" if s.mean > 0 else "lower"
+    text = head + f": {direction}, beyond the seed-to-seed spread by the paired t-test"
+    smallest = 2 / 2**s.n
+    if comparison.sign_flip_p_value <= significance:
+        return text + ", and the exact sign-flip test agrees."
+    if smallest > significance:
+        return text + (f"; the exact sign-flip test cannot confirm it with {s.n} seeds (its smallest possible "
+                       f"p-value is {smallest:.3f}).")
+    return text + "; the exact sign-flip test does not confirm it."
+
+
+def check_no_leak(dataset: str, vae: str | None) -> str:
+    """Check that the evaluation images were never seen by the VAE; returns a sentence saying which data is used.
+
+    Raises:
+        RuntimeError: if the 'photos' evaluation photographs overlap the shipped VAE's training photographs.
+    """
+    vae_photos = set(VAE_PHOTOS) | set(GRAY_PHOTOS)
+    overlap = set(EVAL_PHOTOS) & vae_photos
+    if overlap:
+        raise RuntimeError(f"leak: the evaluation photographs {sorted(overlap)} are also VAE training photographs.")
+    seen = (f"the shipped VAE (weights/idaa-vae-photo32) was trained on crops of {', '.join(VAE_PHOTOS)} and the "
+            f"greyscale {', '.join(GRAY_PHOTOS)}")
+    if vae is not None:
+        seen = f"the VAE is {vae!r}, given on the command line: its training data is not checked here"
+    if dataset == "photos":
+        return (f"SSL training and evaluation on 'photos': crops of {', '.join(EVAL_PHOTOS)} (train and test crops "
+                f"from disjoint bands of each photograph, labelled by photograph); {seen}; the two sets of "
+                f"photographs are disjoint (checked).")
+    return f"SSL training and evaluation on {dataset!r}; {seen}."
+
+
+def _fmt(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    s = summarize(values)
+    return f"{s.mean:.1f} ± {s.std:.1f}" if s.n > 1 else f"{s.mean:.1f} (1 seed)"
+
+
+def _section(pick: dict[str, list[RunRecord]], title: str) -> tuple[list[str], list[str], dict[str, Any]]:
+    """Markdown lines, sentences and JSON of one comparison (equal epochs or equal time)."""
+    lines = [f"### {title}", "", "| variant | epochs | seeds | kNN acc. (%) | linear acc. (%) | s / epoch (median) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    data: dict[str, Any] = {"variants": {}, "paired": []}
+    for variant, runs in pick.items():
+        if not runs:
+            continue
+        sec = statistics.median(s for r in runs for s in r.epoch_seconds)
+        lines.append(f"| {LABELS[variant]} | {runs[0].epochs} | {len(runs)} | {_fmt([r.knn_acc for r in runs])} | "
+                     f"{_fmt([r.linear_acc for r in runs])} | {sec:.2f} |")
+        data["variants"][variant] = {"epochs": runs[0].epochs, "seeds": [r.seed for r in runs],
+                                     "knn_acc": [r.knn_acc for r in runs], "linear_acc": [r.linear_acc for r in runs],
+                                     "sec_per_epoch": [r.sec_per_epoch for r in runs]}
+    pairs = [(v, "baseline") for v in VARIANTS[1:]] + [("idaa", "eps0"), ("idaa", "pixel_fgsm")]
+    table = ["", "Paired differences (percentage points, per seed in seed order; p-values two-sided):", "",
+             "| comparison | metric | mean ± std | per seed | paired t p | sign-flip p |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    sentences = []
+    for a, b in pairs:
+        runs_a, runs_b = {r.seed: r for r in pick.get(a, [])}, {r.seed: r for r in pick.get(b, [])}
+        seeds = sorted(set(runs_a) & set(runs_b))
+        if not seeds:
+            continue
+        label = f"{LABELS[a]} - {LABELS[b]}"
+        for metric, key in (("kNN", "knn_acc"), ("linear", "linear_acc")):
+            c = paired_comparison([getattr(runs_a[s], key) for s in seeds], [getattr(runs_b[s], key) for s in seeds])
+            per_seed = ", ".join(f"{d:+.1f}" for d in c.differences)
+            table.append(f"| {label} | {metric} | {c.summary.mean:+.2f} ± {c.summary.std:.2f} | {per_seed} | "
+                         f"{c.t_p_value:.3f} | {c.sign_flip_p_value:.3f} |")
+            sentences.append(describe_difference(label, metric, c))
+            data["paired"].append({"variant": a, "against": b, "metric": key, "seeds": seeds,
+                                   "differences": list(c.differences), "mean": c.summary.mean, "std": c.summary.std,
+                                   "t_p_value": c.t_p_value, "sign_flip_p_value": c.sign_flip_p_value})
+    return lines + (table if len(table) > 5 else []), sentences, data
+
+
+def _anchor_lines(anchors: Anchors, baseline: list[RunRecord], base: TrainConfig) -> list[str]:
+    """The baseline beside a random network and the published figures."""
+    if anchors.random_init_knn is None and not anchors.published:
+        return []
+    lines = ["", "### Sanity anchors", "", "| what | epochs | kNN acc. (%) | linear acc. (%) |",
+             "| --- | --- | --- | --- |"]
+    if baseline:
+        seeds = f"{len(baseline)} seed" + ("s" if len(baseline) != 1 else "")
+        lines.append(f"| this baseline ({base.arch}, batch {base.batch_size}, {seeds}) | "
+                     f"{baseline[0].epochs} | {_fmt([r.knn_acc for r in baseline])} | "
+                     f"{_fmt([r.linear_acc for r in baseline])} |")
+    if anchors.random_init_knn is not None:
+        lines.append(f"| randomly initialised {base.arch}, same data, no training | 0 | "
+                     f"{anchors.random_init_knn:.1f} | - |")
+    for a in anchors.published:
+        batch = f", batch {a.batch_size}" if a.batch_size else ""
+        knn, linear = (f"{a.accuracy:.1f}", "-") if a.metric == "kNN" else ("-", f"{a.accuracy:.1f}")
+        lines.append(f"| SimCLR ResNet-18, {a.source} ([source]({a.url})){batch} | {a.epochs} | {knn} | {linear} |")
+    if anchors.published:
+        lines += ["", "The published figures use the full training set, ResNet-18 and their own epochs and batch: a "
+                      "baseline far below them at a matched budget is a trainer bug to find before any comparison "
+                      "is quoted; at a smaller budget (fewer epochs, a subset, a small CNN) it is expected to be "
+                      "lower."]
+    return lines
+
+
+def _header(base: TrainConfig, c: Calibration, context: ReportContext, epochs: int, seeds: Sequence[int]) -> list[str]:
+    """The report's title and its list of what ran where, on which data, with which settings."""
+    subset = f", a class-balanced subset of {base.subset} training images" if base.subset else ""
+    return [f"# IDAA with controls: {base.method}, {base.arch}, {base.dataset}, {epochs} epoch(s), "
+             f"{len(seeds)} seeds", "",
+             f"- command: `{context.command}`", f"- date: {context.date}", f"- machine: {context.machine}",
+             f"- data: {context.data}{subset}",
+             f"- settings: batch {base.batch_size}, lr {base.lr}, IDAA eps {base.eps}, alpha {base.alpha}, "
+             f"{base.attack_steps} attack step(s), dual BatchNorm {base.dual_bn}, amp {base.amp}, seeds "
+             f"{', '.join(map(str, seeds))}" + (f", {base.crops_per_photo} crops per photograph" if
+                                                 base.dataset == "photos" else ""),
+             f"- pixel FGSM eps = {c.pixel_eps:.5f} (L-inf, [0, 1] pixels): matches the mean L2 norm per image of "
+             f"IDAA's perturbation, {c.idaa_l2:.4f}, measured once on {c.images} {INPUTS} (seed {c.seed}); FGSM's L2 "
+             f"there: {c.fgsm_l2:.4f}; eps = 0 control's: {c.eps0_l2:.2e}",
+             "- evaluation: kNN monitor and linear probe on frozen, L2-normalised backbone features of the test split",
+             "- every table row says how many seeds and epochs its numbers have; a variant with fewer seeds than "
+             "asked for is incomplete", "", "## Results", ""]
+
+
+def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[str, list[RunRecord]] | None,
+                 plan: dict[str, int] | None, epochs: int, seeds: Sequence[int], calibration: Calibration,
+                 base: TrainConfig, context: ReportContext, anchors: Anchors | None = None,
+                 not_started: Sequence[str] = (), unfinished: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
+    """The markdown report and its JSON twin, from finished runs only.
+
+    Args:
+        equal_epochs: the finished runs at ``epochs`` epochs, by variant (in seed order).
+        equal_time: the equal wall-clock time runs by variant (the baseline's are its equal-epoch runs), or ``None``.
+        plan: the equal-time epochs of each variant, or ``None``.
+        epochs, seeds: what was asked for.
+        calibration: the matched pixel FGSM budget.
+        base: the settings every run shares.
+        context: command, date, machine and data.
+        anchors: the baseline's sanity anchors.
+        not_started, unfinished: runs the time limit left out or stopped (resumable with ``--resume``).
+    """
+    anchors = anchors or Anchors()
+    c = calibration
+    all_runs = [*{r.folder: r for runs in [*equal_epochs.values(), *(equal_time or {}).values()]
+                  for r in runs}.values()]
+    lines = _header(base, c, context, epochs, seeds)
+    sec_lines, sentences, data_epochs = _section(equal_epochs, f"Equal epochs ({epochs})")
+    lines += sec_lines
+    lines += _anchor_lines(anchors, equal_epochs.get("baseline", []), base)
+    data: dict[str, Any] = {"context": dataclasses.asdict(context), "calibration": c.to_dict(),
+                            "config": base.to_dict(), "epochs": epochs, "seeds": list(seeds),
+                            "equal_epochs": data_epochs, "equal_time_plan": plan,
+                            "anchors": {"random_init_knn": anchors.random_init_knn,
+                                        "published": [dataclasses.asdict(a) for a in anchors.published]},
+                            "runs": [dataclasses.asdict(r) for r in all_runs],
+                            "not_started": list(not_started), "unfinished": list(unfinished)}
+    time_sentences: list[str] = []
+    if plan and equal_time is not None:
+        baseline_sec = statistics.median(s for r in equal_epochs.get("baseline", []) for s in r.epoch_seconds)
+        plan_text = ", ".join(
+            f"{LABELS[v]} {e} ({statistics.median(s for r in equal_epochs[v] for s in r.epoch_seconds):.2f} s "
+            f"per epoch)" for v, e in plan.items())
+        lines += ["", f"Equal wall-clock time: each variant gets E' = max(1, round({epochs} x {baseline_sec:.2f} s / "
+                      f"its s per epoch)) epochs, with the medians over every epoch of the equal-epoch runs, and a "
+                      f"full schedule of its own: {plan_text}. Runs whose E' equals {epochs} are the equal-epoch "
+                      f"runs themselves.", ""]
+        sec_lines, time_sentences, data["equal_time"] = _section(equal_time, "Equal wall-clock time")
+        lines += sec_lines
+    lines += ["", "## What this does and does not show", "", _conclusion(sentences, time_sentences, seeds,
+                                                                         calibration, epochs, base)]
+    if not_started or unfinished:
+        lines += ["", "Not finished when the time limit came (continue with the same command and `--resume`): "
+                      + ", ".join([*unfinished, *(f"{name} (not started)" for name in not_started)]) + "."]
+    lines += ["", "## Runs", "", "| variant | seed | epochs | kNN (%) | linear (%) | s / epoch | folder |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(all_runs, key=lambda r: (VARIANTS.index(r.variant), r.epochs, r.seed)):
+        lines.append(f"| {r.variant} | {r.seed} | {r.epochs} | {r.knn_acc:.1f} | {r.linear_acc:.1f} | "
+                     f"{r.sec_per_epoch:.2f} | {Path(r.folder).name} |")
+    lines += ["", "Pictures: `knn_curves.png` (kNN accuracy per epoch, mean and min-max over seeds) and "
+                  "`views_grid.png` (x, G(x), R(x), x_adv and amplified differences for IDAA and pixel FGSM)."]
+    return "\n".join(lines) + "\n", data
+
+
+def _conclusion(sentences: list[str], time_sentences: list[str], seeds: Sequence[int], calibration: Calibration,
+                epochs: int, base: TrainConfig) -> str:
+    """The plain paragraph: every paired result in words, then what the setup cannot show."""
+    if not sentences:
+        return "No paired comparison is available yet (the baseline or the variants have no finished runs)."
+    noise = sum("not distinguishable" in s or "single seed" in s for s in sentences + time_sentences)
+    total = len(sentences) + len(time_sentences)
+    parts = ["At equal epochs: " + " ".join(sentences)]
+    if time_sentences:
+        parts.append("At equal wall-clock time: " + " ".join(time_sentences))
+    parts.append(f"{noise} of {total} paired differences are not distinguishable from seed noise.")
+    smallest = 2 / 2 ** len(seeds)
+    if smallest > SIGNIFICANCE:
+        parts.append(f"With {len(seeds)} seeds the exact sign-flip test cannot reach p < {SIGNIFICANCE} (its floor is "
+                     f"{smallest:.3f}), so no result here is significant by that test whatever the numbers.")
+    parts.append(f"This is one dataset ({base.dataset}), one architecture ({base.arch}), one method ({base.method}) "
+                 f"and {epochs} epochs: it does not show how the differences behave at other scales or on other data. "
+                 f"The pixel FGSM budget matches IDAA's mean L2 "
+                 f"perturbation at initialisation ({calibration.idaa_l2:.3f} per image), not during training, "
+                 f"when IDAA's perturbation may grow or shrink. The eps = 0 control isolates the attack from the "
+                 f"extra loss term and its cost: IDAA minus eps = 0 is the effect of the latent attack itself.")
+    return " ".join(parts)
+
+
+def describe_machine(device: str) -> str:
+    """CPU model and cores, OS, Python, torch and GPU, in one line."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}, Python " \
+           f"{platform.python_version()}, torch {torch.__version__}"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(torch.device(device))}"
+    return text + f"; device {device}"

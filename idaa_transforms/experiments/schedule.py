@@ -1,0 +1,186 @@
+"""The comparison's runs: which variants, their settings, equal-time epochs, and a scheduler that survives interruption.
+
+Every run lives in ``<out>/<variant>-e<epochs>-s<seed>``. The :class:`Scheduler` reads a finished run instead of
+training it again (after checking its settings), continues an interrupted one with ``resume``, and stops cleanly at
+its deadline, between runs or between the epochs of a run, leaving a checkpoint to continue from.
+
+Example:
+    >>> spec = RunSpec("idaa", seed=2, epochs=10)
+    >>> spec.name
+    'idaa-e10-s2'
+    >>> variant_config(TrainConfig(), spec, pixel_eps=None, out=Path("runs")).eps
+    0.1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from idaa_transforms.trainers.config import TrainConfig, changed_settings
+from idaa_transforms.trainers.engine import RESULTS, RUN_FILES, TrainResult, read_run, train
+
+__all__ = ["VARIANTS", "LABELS", "RunSpec", "CurvePoint", "RunRecord", "variant_config", "equal_time_epochs",
+           "Scheduler"]
+
+VARIANTS = ("baseline", "idaa", "eps0", "pixel_fgsm")
+LABELS = {"baseline": "baseline (two views)", "idaa": "IDAA", "eps0": "eps = 0 control",
+          "pixel_fgsm": "pixel FGSM (matched L2)"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the comparison: a variant, a seed and a number of epochs."""
+
+    variant: str
+    seed: int
+    epochs: int
+
+    @property
+    def name(self) -> str:
+        """The run's folder name."""
+        return f"{self.variant}-e{self.epochs}-s{self.seed}"
+
+
+class CurvePoint(NamedTuple):
+    """The kNN monitor after an epoch (``None`` when not measured) and the training seconds so far."""
+
+    epoch: int
+    knn_acc: float | None
+    seconds: float
+
+
+@dataclass
+class RunRecord:
+    """A finished run: its settings, accuracies (%) and timing, read back from its folder."""
+
+    variant: str
+    seed: int
+    epochs: int
+    folder: str
+    knn_acc: float
+    linear_acc: float
+    sec_per_epoch: float  # the median over its epochs: robust to a busy machine's spikes
+    wall_seconds: float | None  # None: read back from an earlier invocation, not trained now
+    curve: list[CurvePoint] = field(default_factory=list)
+
+    @classmethod
+    def from_result(cls, spec: RunSpec, folder: Path, result: TrainResult, wall_seconds: float | None) -> RunRecord:
+        curve, total = [], 0.0
+        for m in result.metrics:
+            total += m.seconds
+            curve.append(CurvePoint(m.epoch, None if m.knn_acc is None else 100 * m.knn_acc, total))
+        return cls(spec.variant, spec.seed, spec.epochs, str(folder), 100 * result.knn_acc, 100 * result.linear_acc,
+                   statistics.median(m.seconds for m in result.metrics), wall_seconds, curve)
+
+    @property
+    def epoch_seconds(self) -> list[float]:
+        """Training seconds of each epoch."""
+        return [b.seconds - a.seconds for a, b in zip([CurvePoint(0, None, 0.0), *self.curve], self.curve)]
+
+
+def variant_config(base: TrainConfig, spec: RunSpec, pixel_eps: float | None, out: Path) -> TrainConfig:
+    """The :class:`TrainConfig` of one run: ``base`` with the variant's adversary, the seed, the epochs, the folder.
+
+    Raises:
+        ValueError: an unknown variant, or ``pixel_fgsm`` without its calibrated ``pixel_eps``.
+    """
+    options = {"baseline": {"idaa": False}, "idaa": {"idaa": True, "adversary": "idaa"},
+               "eps0": {"idaa": True, "adversary": "idaa", "eps": 0.0},
+               "pixel_fgsm": {"idaa": True, "adversary": "pixel_fgsm", "pixel_eps": pixel_eps}}
+    if spec.variant not in options:
+        raise ValueError(f"variant: expected one of {VARIANTS}, got {spec.variant!r}.")
+    if spec.variant == "pixel_fgsm" and pixel_eps is None:
+        raise ValueError("pixel_fgsm: needs the calibrated pixel_eps.")
+    return dataclasses.replace(base, seed=spec.seed, epochs=spec.epochs, out=str(out / spec.name),
+                               save_every=max(1, min(base.save_every, spec.epochs)), resume=False, overwrite=False,
+                               stop_after=None, no_progress=True, **options[spec.variant])
+
+
+def equal_time_epochs(epochs: int, baseline_sec_per_epoch: float, variant_sec_per_epoch: float) -> int:
+    """Epochs that give a variant the wall-clock time of ``epochs`` baseline epochs: ``max(1, round(E * b / v))``.
+
+    Example:
+        >>> equal_time_epochs(10, 2.0, 5.0)
+        4
+        >>> equal_time_epochs(3, 1.0, 100.0)
+        1
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs: expected a positive int, got {epochs!r}.")
+    for name, value in (("baseline_sec_per_epoch", baseline_sec_per_epoch),
+                        ("variant_sec_per_epoch", variant_sec_per_epoch)):
+        if not value > 0 or value == float("inf"):
+            raise ValueError(f"{name}: expected a finite number of seconds > 0, got {value!r}.")
+    return max(1, round(epochs * baseline_sec_per_epoch / variant_sec_per_epoch))
+
+
+@dataclass
+class Scheduler:
+    """Runs (or reads back) the comparison's runs one after the other, until its ``deadline``.
+
+    Args:
+        base: the settings every run shares.
+        out: the folder of the runs.
+        pixel_eps: the calibrated step of the ``pixel_fgsm`` variant.
+        resume: continue runs that an earlier invocation left unfinished (without it they are refused).
+        deadline: a ``time.time()`` after which no run starts and a running one stops between epochs.
+    """
+
+    base: TrainConfig
+    out: Path
+    pixel_eps: float | None = None
+    resume: bool = False
+    deadline: float | None = None
+    records: list[RunRecord] = field(default_factory=list)
+    not_started: list[str] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)
+
+    @property
+    def time_is_up(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+    def run(self, spec: RunSpec) -> RunRecord | None:
+        """Train or read ``spec``; ``None`` when the deadline left it not started or unfinished.
+
+        Raises:
+            ValueError: a finished run in its folder was made with other settings, or an unfinished one is there
+                and ``resume`` is off.
+        """
+        done = next((r for r in self.records if r.folder == str(self.out / spec.name)), None)
+        if done is not None:
+            return done
+        cfg = variant_config(self.base, spec, self.pixel_eps, self.out)
+        folder = Path(cfg.out)
+        if (folder / RESULTS).is_file():
+            result = read_run(folder)
+            changed = changed_settings(result.config, cfg)
+            if changed:
+                raise ValueError(f"{folder / RESULTS} was made with other settings (name: (found, wanted)): "
+                                 f"{changed}; use another --out.")
+            return self._keep(RunRecord.from_result(spec, folder, result, None))
+        if self.time_is_up:
+            self.not_started.append(spec.name)
+            return None
+        started = any((folder / name).exists() for name in RUN_FILES)  # killed before its first checkpoint too
+        if started and not self.resume:
+            raise ValueError(f"{folder} holds an unfinished run; pass --resume to continue it, or choose another "
+                             f"--out.")
+        tic = time.perf_counter()
+        result = train(dataclasses.replace(cfg, resume=started), deadline=self.deadline)
+        if not result.finished:
+            self.unfinished.append(f"{spec.name} ({result.stopped_after} of {spec.epochs} epochs)")
+            return None
+        return self._keep(RunRecord.from_result(spec, folder, result, time.perf_counter() - tic))
+
+    def _keep(self, record: RunRecord) -> RunRecord:
+        self.records.append(record)
+        return record
+
+    def epoch_seconds(self, variant: str) -> list[float]:
+        """Training seconds of every epoch of every finished run of ``variant`` (their median sets equal time)."""
+        return [s for r in self.records if r.variant == variant for s in r.epoch_seconds]

@@ -1,0 +1,89 @@
+"""The comparison's command line end to end on tiny data: every trainer option, the report, reading back, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from idaa_transforms.experiments import compare
+from idaa_transforms.experiments.schedule import VARIANTS
+
+TINY = ["--seeds", "0", "1", "--epochs", "1", "--crops-per-photo", "8", "--batch-size", "32", "--arch", "small_cnn",
+        "--probe-steps", "5", "--device", "cpu", "--calibration-images", "32"]
+
+
+def test_parser_takes_every_trainer_option_with_the_harness_defaults():
+    parser = compare.build_parser()
+    args = parser.parse_args(["--temperature", "0.2", "--attack-steps", "2", "--no-dual-bn", "--optimizer", "sgd",
+                              "--dataset", "cifar10", "--data-dir", "data/cifar10", "--subset", "2000",
+                              "--variants", "baseline,idaa,eps0", "--stop-after", "30", "--resume"])
+    assert (args.temperature, args.attack_steps, args.dual_bn, args.optimizer) == (0.2, 2, False, "sgd")
+    assert (args.dataset, args.data_dir, args.subset) == ("cifar10", "data/cifar10", 2000)
+    assert (args.stop_after_minutes, args.resume_runs) == (30.0, True)
+    assert args.variants == [["baseline", "idaa", "eps0"]]
+    defaults = parser.parse_args([])
+    assert (defaults.dataset, defaults.epochs, defaults.batch_size, defaults.arch) == ("photos", 10, 128, None)
+    assert defaults.seeds == [0, 1, 2, 3, 4] and defaults.lr == 3e-4
+    help_text = parser.format_help()
+    assert "--seeds SEEDS [SEEDS ...]" in help_text and "default: resnet18 with CUDA" in help_text
+
+
+@pytest.mark.parametrize("argv, match", [(["--variants", "baseline,cutout"], "--variants: expected comma-separated"),
+                                         (["--lr", "nan"], "--lr: expected a finite number > 0"),
+                                         (["--stop-after", "0"],
+                                          "--stop-after/--max-minutes: expected a finite number > 0"),
+                                         (["--seeds", "0", "0"], "expected distinct seeds"),
+                                         (["--seed", "0"], "unrecognized arguments: --seed")])
+def test_bad_arguments_are_one_line_errors(argv, match, capsys):
+    with pytest.raises(SystemExit):
+        compare.main(argv)
+    assert match in capsys.readouterr().err
+
+
+def test_compare_end_to_end(tmp_path, capsys):
+    argv = [*TINY, "--out", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report")]
+    data = compare.main(argv)
+    report = (tmp_path / "report" / "report.md").read_text()
+    for name in ("report.md", "compare.json", "knn_curves.png", "views_grid.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    assert set(data["equal_epochs"]["variants"]) == set(VARIANTS)
+    plan = data["equal_time_plan"]  # E' from measured seconds: at least one epoch each (timing-dependent above)
+    assert set(plan) == {"idaa", "eps0", "pixel_fgsm"} and all(isinstance(e, int) and e >= 1 for e in plan.values())
+    assert data["calibration"]["fgsm_l2"] == pytest.approx(data["calibration"]["idaa_l2"], rel=1e-3)
+    paired = {(p["variant"], p["against"], p["metric"]) for p in data["equal_epochs"]["paired"]}
+    assert ("idaa", "baseline", "knn_acc") in paired and ("idaa", "eps0", "linear_acc") in paired
+    assert len(data["runs"]) == 4 * 2 + sum(2 for e in plan.values() if e != 1)
+    assert not data["not_started"] and not data["unfinished"]
+    assert 0 <= data["anchors"]["random_init_knn"] <= 100 and data["anchors"]["published"] == []
+    for text in ("paired t p", "sign-flip p", "s / epoch", "Equal wall-clock time", "pixel FGSM eps =",
+                 "What this does and does not show", "disjoint (checked)", "--seeds 0 1", "machine:", "date:",
+                 "randomly initialised small_cnn"):
+        assert text in report, text
+    assert "cannot reach p < 0.05" in report  # 2 seeds: the sign-flip floor is 0.5
+    assert json.loads((tmp_path / "report" / "compare.json").read_text()) == json.loads(json.dumps(data))
+    # A second call reads the finished runs instead of training again.
+    capsys.readouterr()
+    again = compare.main(argv)
+    assert all(r["wall_seconds"] is None for r in again["runs"])  # None: read back, not trained
+    assert "kNN accuracy" not in capsys.readouterr().out
+
+    def stable(runs):
+        return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in runs]
+
+    assert stable(again["runs"]) == stable(data["runs"])
+    # The matched pixel eps depends on the settings: a saved calibration made with others is refused, not reused.
+    with pytest.raises(SystemExit):
+        compare.main([*argv, "--eps", "0.2"])
+    assert "calibration.json was made with other settings" in capsys.readouterr().err
+
+
+def test_stop_after_then_resume_accumulates_in_one_report(tmp_path, capsys):
+    argv = [*TINY, "--variants", "baseline", "--no-equal-time", "--no-anchors", "--out", str(tmp_path)]
+    stopped = compare.main([*argv, "--stop-after", "0.0001"])  # time is up before the first run starts
+    assert stopped["not_started"] == ["baseline-e1-s0", "baseline-e1-s1"] and stopped["runs"] == []
+    assert "not started" in (tmp_path / "report.md").read_text()
+    assert "2 run(s) left for --resume" in capsys.readouterr().out
+    finished = compare.main([*argv, "--resume"])
+    assert [r["seed"] for r in finished["runs"]] == [0, 1] and not finished["not_started"]
+    assert "| baseline (two views) | 1 | 2 |" in (tmp_path / "report.md").read_text()

@@ -1,0 +1,98 @@
+"""The report: paired differences in words, the data sentence, anchors and the tables, on known numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from idaa_transforms.data import EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS
+from idaa_transforms.experiments import report
+from idaa_transforms.experiments.anchors import published_anchors
+from idaa_transforms.experiments.calibration import Calibration
+from idaa_transforms.experiments.report import Anchors, ReportContext, build_report, check_no_leak, describe_difference
+from idaa_transforms.experiments.schedule import CurvePoint, RunRecord
+from idaa_transforms.experiments.stats import paired_comparison
+from idaa_transforms.trainers.config import TrainConfig
+
+
+def test_difference_smaller_than_its_std_is_noise():
+    c = paired_comparison([71.0, 69.0, 72.0], [70.0, 70.0, 70.0])  # +1, -1, +2: mean 0.67, std 1.53
+    text = describe_difference("IDAA - baseline", "kNN", c)
+    assert text.endswith("not distinguishable from seed noise.")
+    assert "+0.67 ± 1.53 points over 3 seeds" in text
+
+
+def test_difference_with_large_p_value_is_noise_even_if_larger_than_std():
+    c = paired_comparison([72.0, 70.5], [70.0, 70.0])  # +2, +0.5: mean 1.25 > std 1.06, but t p = 0.39
+    assert c.t_p_value > 0.05 and abs(c.summary.mean) > c.summary.std
+    assert "not distinguishable from seed noise" in describe_difference("x", "kNN", c)
+
+
+def test_consistent_difference_is_reported_with_the_sign_flip_floor():
+    c = paired_comparison([75.0, 76.0, 75.5], [70.0, 71.0, 70.4])  # +5, +5, +5.1: t p < 0.001
+    text = describe_difference("IDAA - baseline", "linear", c)
+    assert "higher, beyond the seed-to-seed spread" in text
+    assert "cannot confirm it with 3 seeds" in text and "0.250" in text  # 2 / 2**3
+    worse = describe_difference("IDAA - baseline", "linear", paired_comparison([70.0, 71.0, 70.4], [75.0, 76.0, 75.5]))
+    assert "lower, beyond" in worse
+
+
+def test_consistent_difference_with_enough_seeds_passes_both_tests():
+    diffs = [3.0, 3.2, 2.9, 3.1, 3.0, 2.8]
+    c = paired_comparison([70 + d for d in diffs], [70.0] * 6)
+    assert c.sign_flip_p_value == pytest.approx(2 / 64)
+    assert describe_difference("a", "kNN", c).endswith("and the exact sign-flip test agrees.")
+
+
+def test_single_seed_is_not_evidence():
+    text = describe_difference("a", "kNN", paired_comparison([75.0], [70.0]))
+    assert "single seed" in text and "not evidence" in text
+
+
+def test_no_leak_names_the_photographs():
+    assert not set(EVAL_PHOTOS) & set(VAE_PHOTOS + GRAY_PHOTOS)
+    text = check_no_leak("photos", None)
+    assert all(name in text for name in EVAL_PHOTOS + VAE_PHOTOS) and "disjoint (checked)" in text
+    assert "not checked" in check_no_leak("photos", "some/vae")
+
+
+def test_no_leak_refuses_overlapping_photographs(monkeypatch):
+    monkeypatch.setattr(report, "VAE_PHOTOS", VAE_PHOTOS + (EVAL_PHOTOS[0],))
+    with pytest.raises(RuntimeError, match="leak"):
+        check_no_leak("photos", None)
+
+
+def record(variant: str, seed: int, knn: float, linear: float, epochs: int = 2) -> RunRecord:
+    curve = [CurvePoint(e, knn - (epochs - e), 1.5 * e) for e in range(1, epochs + 1)]
+    return RunRecord(variant, seed, epochs, f"runs/{variant}-e{epochs}-s{seed}", knn, linear, 1.5, None, curve)
+
+
+CALIBRATION = Calibration(pixel_eps=0.02, images=64, seed=0, eps=0.1, idaa_l2=1.2, eps0_l2=1e-4, fgsm_l2=1.2,
+                          idaa_linf=0.2, fgsm_linf=0.02, settings={})
+CONTEXT = ReportContext(command="python -m idaa_transforms.experiments.compare --seeds 0 1 2", date="today",
+                        machine="a test", data="tiny data")
+
+
+def test_report_tables_anchors_and_left_over_runs():
+    runs = {"baseline": [record("baseline", s, 80.0 + s, 85.0) for s in range(3)],
+            "idaa": [record("idaa", s, 81.0 + s, 86.0) for s in range(2)]}
+    base = TrainConfig(dataset="cifar10", arch="resnet18", subset=2000)
+    text, data = build_report(equal_epochs=runs, equal_time=None, plan=None, epochs=2, seeds=[0, 1, 2],
+                              calibration=CALIBRATION, base=base, context=CONTEXT,
+                              anchors=Anchors(41.5, published_anchors("cifar10")),
+                              not_started=["idaa-e2-s2"], unfinished=["eps0-e2-s0 (1 of 2 epochs)"])
+    assert "| baseline (two views) | 2 | 3 | 81.0 ± 1.0 | 85.0 ± 0.0 |" in text
+    assert "| IDAA | 2 | 2 | 81.5 ± 0.7 |" in text  # two seeds: the row says so
+    assert "IDAA - baseline (two views), kNN: +1.00 ± 0.00 points over 2 seeds" in text
+    assert "randomly initialised resnet18, same data, no training | 0 | 41.5 |" in text
+    assert "lightly benchmark" in text and "| 200 | 84.7 | - |" in text and "| 1000 | - | 90.7 |" in text
+    assert "a class-balanced subset of 2000 training images" in text
+    assert "eps0-e2-s0 (1 of 2 epochs), idaa-e2-s2 (not started)" in text and "--resume" in text
+    assert data["anchors"]["random_init_knn"] == 41.5 and len(data["runs"]) == 5
+    assert data["not_started"] == ["idaa-e2-s2"]
+
+
+def test_report_without_anchors_on_photos_has_no_anchor_table():
+    runs = {"baseline": [record("baseline", s, 70.0, 80.0) for s in range(2)]}
+    text, _ = build_report(equal_epochs=runs, equal_time=None, plan=None, epochs=2, seeds=[0, 1],
+                           calibration=CALIBRATION, base=TrainConfig(dataset="photos"), context=CONTEXT)
+    assert "Sanity anchors" not in text and "No paired comparison is available yet" in text

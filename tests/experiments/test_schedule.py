@@ -1,0 +1,85 @@
+"""The comparison's runs: equal-time epochs, per-variant settings, and a scheduler that reads, resumes and stops."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from helpers import TINY_RUN
+from idaa_transforms.experiments.schedule import (VARIANTS, RunSpec, Scheduler, equal_time_epochs,
+                                                  variant_config)
+from idaa_transforms.trainers.config import TrainConfig
+
+
+@pytest.mark.parametrize("epochs, base, variant, expected", [
+    (10, 1.0, 2.0, 5),     # IDAA at twice the cost: half the epochs
+    (10, 1.0, 3.0, 3),     # 3.33 rounds down
+    (10, 1.0, 1.5, 7),     # 6.67 rounds up
+    (6, 7.0, 28.0, 2),     # 1.5 rounds to the even 2 (Python's round)
+    (3, 1.0, 100.0, 1),    # never below one epoch
+    (5, 2.0, 2.0, 5),      # same cost: same epochs
+    (4, 2.0, 1.0, 8),      # a cheaper variant gets more epochs
+])
+def test_equal_time_epochs(epochs, base, variant, expected):
+    assert equal_time_epochs(epochs, base, variant) == expected
+
+
+@pytest.mark.parametrize("args", [(0, 1.0, 1.0), (True, 1.0, 1.0), (2.5, 1.0, 1.0), (3, 0.0, 1.0), (3, 1.0, -1.0),
+                                  (3, 1.0, float("nan")), (3, float("inf"), 1.0)])
+def test_equal_time_epochs_rejects_bad_arguments(args):
+    with pytest.raises(ValueError):
+        equal_time_epochs(*args)
+
+
+def test_variant_configs(tmp_path):
+    base = TrainConfig(dataset="photos", arch="small_cnn", eps=0.1, temperature=0.2)
+    configs = {v: variant_config(base, RunSpec(v, 3, 2), 0.01, tmp_path) for v in VARIANTS}
+    assert not configs["baseline"].idaa
+    assert configs["idaa"].idaa and configs["idaa"].eps == 0.1 and configs["idaa"].adversary == "idaa"
+    assert configs["eps0"].idaa and configs["eps0"].eps == 0.0 and configs["eps0"].adversary == "idaa"
+    assert configs["pixel_fgsm"].adversary == "pixel_fgsm" and configs["pixel_fgsm"].pixel_eps == 0.01
+    assert all(c.seed == 3 and c.epochs == 2 and c.temperature == 0.2 for c in configs.values())
+    assert configs["eps0"].out == str(tmp_path / "eps0-e2-s3")
+    with pytest.raises(ValueError, match="variant"):
+        variant_config(base, RunSpec("cutout", 0, 1), None, tmp_path)
+    with pytest.raises(ValueError, match="calibrated pixel_eps"):
+        variant_config(base, RunSpec("pixel_fgsm", 0, 1), None, tmp_path)
+
+
+def tiny_base(**overrides) -> TrainConfig:
+    return TrainConfig(**{**TINY_RUN, "probe_steps": 5, **overrides})
+
+
+def test_scheduler_trains_then_reads_back(tmp_path):
+    spec = RunSpec("baseline", 0, 1)
+    first = Scheduler(tiny_base(), tmp_path).run(spec)
+    assert first.wall_seconds is not None and 0 <= first.knn_acc <= 100 and len(first.curve) == 1
+    again = Scheduler(tiny_base(), tmp_path).run(spec)
+    assert again.wall_seconds is None and (again.knn_acc, again.curve) == (first.knn_acc, first.curve)
+    with pytest.raises(ValueError, match="made with other settings .*'lr'"):
+        Scheduler(tiny_base(lr=1e-3), tmp_path).run(spec)
+
+
+def test_scheduler_stops_at_its_deadline_and_resumes(tmp_path):
+    spec = RunSpec("baseline", 0, 2)
+    stopped = Scheduler(tiny_base(), tmp_path, deadline=time.time() + 0.01)
+    assert stopped.run(spec) is None  # the first epoch ran; the second would end past the deadline
+    assert stopped.unfinished == ["baseline-e2-s0 (1 of 2 epochs)"]
+    assert (tmp_path / "baseline-e2-s0" / "checkpoint.pt").is_file()
+    late = Scheduler(tiny_base(), tmp_path, deadline=time.time() - 1)
+    assert late.run(RunSpec("baseline", 1, 2)) is None and late.not_started == ["baseline-e2-s1"]
+    with pytest.raises(ValueError, match="unfinished run; pass --resume"):
+        Scheduler(tiny_base(), tmp_path).run(spec)
+    record = Scheduler(tiny_base(), tmp_path, resume=True).run(spec)
+    assert record is not None and [p.epoch for p in record.curve] == [1, 2]
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_with_resume(tmp_path):
+    folder = tmp_path / "baseline-e1-s0"
+    folder.mkdir()
+    (folder / "metrics.jsonl").write_text('{"epoch": 1, "lo')  # killed during its first epoch's line
+    with pytest.raises(ValueError, match="unfinished run; pass --resume"):
+        Scheduler(tiny_base(), tmp_path).run(RunSpec("baseline", 0, 1))
+    record = Scheduler(tiny_base(), tmp_path, resume=True).run(RunSpec("baseline", 0, 1))
+    assert record is not None and [p.epoch for p in record.curve] == [1]
