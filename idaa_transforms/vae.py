@@ -45,7 +45,7 @@ __all__ = ["DEFAULT_CHECKPOINT", "VAEConfig", "VAEEncoding", "VAEOutput", "Ident
 
 OUTPUT_NORMS = ("tanh", "tanh_batchnorm")
 #: The checkpoint shipped with the package, loaded by ``from_pretrained()`` without a name.
-DEFAULT_CHECKPOINT = "idaa-vae-photo32"
+DEFAULT_CHECKPOINT = "idaa-vae-cifar10"
 
 
 def _channel_values(name: str, values: Any, channels: int) -> tuple[float, ...]:

@@ -51,7 +51,8 @@ def test_single_seed_is_not_evidence():
 def test_no_leak_names_the_photographs():
     assert not set(EVAL_PHOTOS) & set(VAE_PHOTOS + GRAY_PHOTOS)
     text = check_no_leak("photos", None)
-    assert all(name in text for name in EVAL_PHOTOS + VAE_PHOTOS) and "disjoint (checked)" in text
+    assert all(name in text for name in EVAL_PHOTOS) and "CIFAR-10 training split only" in text
+    assert "evaluation on its test split" in check_no_leak("cifar10", None)
     assert "not checked" in check_no_leak("photos", "some/vae")
 
 
