@@ -37,9 +37,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from idaa_transforms._cli import HelpFormatter, non_negative_float, positive_float, positive_int
-from idaa_transforms._files import (atomic_torch_save, atomic_write_bytes, atomic_write_jsonl, atomic_write_text,
+from idaa_transforms._files import (atomic_torch_save, atomic_write_jsonl, atomic_write_text,
                                     changed_settings,
                                     load_torch_state, prepare_run_dir)
+from idaa_transforms._grids import decomposition_rows, save_image_rows
 from idaa_transforms._hub import write_model_card
 from idaa_transforms._rng import rng_state, set_rng_state
 from idaa_transforms.data import DATASETS, EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS, batches, load_images, \
@@ -248,31 +249,12 @@ def held_out_report(vae: IdentityVAE, images: Tensor, image_size: int, seed: int
     return report
 
 
-def save_reconstruction_grid(vae: IdentityVAE, images: Tensor, path: Path, count: int = 12, scale: int = 3) -> None:
-    """PNG with labelled rows: x, G(x), R(x) (amplified 4x around grey), each image enlarged ``scale`` times."""
-    import io
-
-    from PIL import Image, ImageDraw
-    from torchvision.utils import make_grid
-
-    x = to_float_images(images[:count])
-    g = _over_batches(vae, images[:count], count, lambda x, g: g)[0]
-    rows = [("x", x), ("G(x)", g.clamp(0, 1)), ("R(x) x4", (4 * (x - g) + 0.5).clamp(0, 1))]
-    label_width, tiles = 64, []
-    for label, row in rows:
-        grid = make_grid(F.interpolate(row, scale_factor=scale, mode="nearest"), nrow=row.shape[0], padding=2,
-                         pad_value=1.0)
-        tile = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
-        canvas = Image.new("RGB", (tile.width + label_width, tile.height), "white")
-        canvas.paste(tile, (label_width, 0))
-        ImageDraw.Draw(canvas).text((4, tile.height // 2 - 6), label, fill="black")
-        tiles.append(canvas)
-    sheet = Image.new("RGB", (tiles[0].width, sum(t.height for t in tiles)), "white")
-    for i, tile in enumerate(tiles):
-        sheet.paste(tile, (0, sum(t.height for t in tiles[:i])))
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
+def save_reconstruction_grid(vae: IdentityVAE, images: Tensor, path: Path, count: int = 12) -> None:
+    """PNG with labelled rows x, G(x), R(x) (amplified 4x around grey) of ``count`` images spread over ``images``."""
+    x = images[torch.linspace(0, images.shape[0] - 1, count, device=images.device).long()]
+    g = _over_batches(vae, x, count, lambda x, g: g)[0]
+    x = to_float_images(x)
+    save_image_rows(decomposition_rows(x, g, x - g), path)
 
 
 # -- the model card -----------------------------------------------------------------------------------------------
