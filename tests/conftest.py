@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import TINY, batch, make_encoder, make_vae, to_pixels  # noqa: F401  (re-exported for older imports)
+from helpers import batch, make_encoder, make_vae
 from idaa_transforms import IDAATransform, IdentityVAE
 
 

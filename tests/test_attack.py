@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import batch, make_encoder, make_vae
+from helpers import batch, make_encoder, make_vae
 from torch import nn
 
 from idaa_transforms import Adversary, IDAATransform, PixelFGSM, convert_to_dual_bn, frozen_batchnorm_stats

@@ -8,7 +8,7 @@ from pathlib import Path
 import kornia.augmentation as K
 import pytest
 import torch
-from conftest import batch, make_encoder, make_vae
+from helpers import batch, make_encoder, make_vae
 from torch import nn
 
 from idaa_transforms import IDAATransform

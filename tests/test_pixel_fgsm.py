@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import batch, make_encoder
+from helpers import batch, make_encoder
 from torch import nn
 
 from idaa_transforms import PixelFGSM, nt_xent

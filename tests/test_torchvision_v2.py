@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import batch, make_encoder, make_vae
+from helpers import batch, make_encoder, make_vae
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 

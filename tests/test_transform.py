@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batch, make_encoder, make_vae, to_pixels
+from helpers import batch, make_encoder, make_vae, to_pixels
 from torch import nn
 
 from idaa_transforms import (

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import batch, make_vae
+from helpers import batch, make_vae
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import batch, make_encoder, make_vae
+from helpers import batch, make_encoder, make_vae
 from idaa_transforms import IDAATransform, adversarial_bn, convert_to_dual_bn
 
 

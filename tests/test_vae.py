@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_vae
+from helpers import make_vae
 from torch import nn
 
 from idaa_transforms import IdentityVAE, VAEConfig, VAEEncoding, VAEOutput, vae_loss
