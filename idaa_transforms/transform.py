@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from idaa_transforms._hub import HubOptions
-from idaa_transforms.attack import LossFn, encoder_loss, loss_gradient
 from idaa_transforms.attack import (
     LossFn,
     check_anchor,
