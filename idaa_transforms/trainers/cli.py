@@ -40,7 +40,7 @@ def build_parser(method: str = "simclr", prog: str | None = None) -> argparse.Ar
     parser = argparse.ArgumentParser(
         prog=prog, allow_abbrev=False, epilog=_EPILOG, formatter_class=HelpFormatter,
         description="Self-supervised training (SimCLR or BYOL) with and without IDAA, identity-disentangled "
-                    "adversarial augmentation (Yang et al., ICML 2022). Views are made on the device with kornia.")
+                    "adversarial augmentation (Yang et al., ICML 2022). Views are made on the device (the kornia SimCLR pipeline's operations, fused into a few batched ops).")
     add_train_arguments(parser, defaults={"method": method, "out": None},
                         helps={"out": "output folder (default: runs/<method>[-idaa])"})
     return parser
