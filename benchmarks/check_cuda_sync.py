@@ -21,7 +21,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package
 
 from idaa_transforms import IDAATransform, IdentityVAE, VAEConfig, adversarial_bn, convert_to_dual_bn  # noqa: E402
-from idaa_transforms.trainers.augment import simclr_views  # noqa: E402
+from idaa_transforms.views import simclr_views  # noqa: E402
 from idaa_transforms.trainers.methods import build_method  # noqa: E402
 
 

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from idaa_transforms import IDAATransform, IdentityVAE, VAEConfig, adversarial_bn, convert_to_dual_bn, nt_xent
 from idaa_transforms.pixel_fgsm import PixelFGSM
-from idaa_transforms.trainers.augment import CROP_RATIO, FLIP_P, GRAYSCALE_P, JITTER, JITTER_P, simclr_views
+from idaa_transforms.views import CROP_RATIO, FLIP_P, GRAYSCALE_P, JITTER, JITTER_P, simclr_views
 from idaa_transforms.trainers.distributed import shard_indices
 from idaa_transforms.trainers.methods import SimCLR, build_method
 

@@ -46,6 +46,7 @@ from idaa_transforms._rng import rng_state, set_rng_state
 from idaa_transforms.data import DATASETS, EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS, batches, load_images, \
     photo_crops, to_float_images
 from idaa_transforms.vae import IdentityVAE, VAEConfig, vae_loss
+from idaa_transforms.views import simclr_views
 
 __all__ = ["build_parser", "train_vae", "reconstruction_metrics", "baseline_metrics", "colour_ratio",
            "vae_training_views", "main"]
@@ -59,6 +60,9 @@ RESUMABLE = ("resume", "overwrite", "save_every", "save_dtype", "no_progress", "
              "device")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
 AUGMENTS = ("simclr", "flip")
+#: The authors' VAE views: torchvision's default crop scale and a stronger colour jitter than the SSL views'.
+VAE_CROP_SCALE = 0.08
+VAE_JITTER = (0.8, 0.8, 0.8, 0.2)
 #: AdamW betas of the original training.
 BETAS = (0.0, 0.9)
 #: Images of the held-out split measured after every epoch (all of them are measured at the end).
@@ -138,28 +142,31 @@ def _datasets(args: argparse.Namespace) -> tuple[Tensor, Tensor, str]:
 
 
 def vae_training_views(image_size: int, augment: str = "simclr") -> nn.Module:
-    """The views the VAE is trained on, made on the device from a ``[0, 1]`` batch.
+    """The views the VAE is trained on, made on the device from a ``[0, 1]`` (or uint8) batch.
 
     ``simclr`` is the authors' ``--mode simclr``: ``RandomResizedCrop(size)`` (scale 0.08-1), horizontal flip,
-    ``ColorJitter(0.8, 0.8, 0.8, 0.2)`` with p 0.8 and greyscale with p 0.2; ``flip`` is a horizontal flip only.
+    ``ColorJitter(0.8, 0.8, 0.8, 0.2)`` with p 0.8 and greyscale with p 0.2, as the fused generator of
+    :mod:`idaa_transforms.views`; ``flip`` is a horizontal flip only.
 
     Example:
         >>> views = vae_training_views(32)
         >>> views(torch.rand(4, 3, 32, 32)).shape
         torch.Size([4, 3, 32, 32])
     """
-    import kornia.augmentation as K
-
     if augment == "flip":
-        return K.RandomHorizontalFlip()
+        return _RandomFlip()
     if augment != "simclr":
         raise ValueError(f"augment: expected one of {AUGMENTS}, got {augment!r}.")
-    return nn.Sequential(
-        K.RandomResizedCrop((image_size, image_size), scale=(0.08, 1.0)),
-        K.RandomHorizontalFlip(),
-        K.ColorJitter(0.8, 0.8, 0.8, 0.2, p=0.8),
-        K.RandomGrayscale(p=0.2),
-    )
+    return simclr_views(image_size, VAE_CROP_SCALE, jitter=VAE_JITTER)
+
+
+class _RandomFlip(nn.Module):
+    """Mirror each sample with probability 0.5 (draws from torch's generator on the batch's device)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = to_float_images(x)
+        flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
+        return torch.where(flip, x.flip(-1), x)
 
 
 # -- measurements -------------------------------------------------------------------------------------------------
@@ -377,7 +384,7 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
         bar = tqdm(data, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.no_progress, leave=False,
                    total=train_images.shape[0] // args.batch_size)
         for images, _ in bar:
-            x = (views(to_float_images(images)) - mean) / std
+            x = (views(images) - mean) / std
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
                 out_vae = vae(x)
                 loss = vae_loss(x, out_vae.reconstruction.float(), out_vae.mu.float(), out_vae.logvar.float(),

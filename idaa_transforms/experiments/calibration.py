@@ -18,7 +18,7 @@ from torch import Tensor
 
 from idaa_transforms.data import to_float_images
 from idaa_transforms.pixel_fgsm import matched_pixel_eps
-from idaa_transforms.trainers.augment import simclr_views
+from idaa_transforms.views import simclr_views
 from idaa_transforms.trainers.config import TrainConfig
 from idaa_transforms.trainers.engine import build_adversary, build_model, load_split
 

@@ -2,7 +2,7 @@
 
 One training step on a batch ``x`` (on the device):
 
-1. two views ``v1, v2`` of ``x`` with kornia (:func:`~idaa_transforms.trainers.augment.simclr_views`);
+1. two views ``v1, v2`` of ``x`` with kornia (:func:`~idaa_transforms.views.simclr_views`);
 2. ``L(v1, v2)``, the method's loss over the global batch;
 3. with IDAA, the adversarial view ``x_adv`` of ``v1`` from :class:`~idaa_transforms.IDAATransform`, attacking the
    method's own loss with the outputs of ``v1`` already computed, and ``L(v1, x_adv)`` with the ``x_adv`` forward
@@ -48,7 +48,7 @@ from idaa_transforms.bn import adversarial_bn, convert_to_dual_bn
 from idaa_transforms.data import class_balanced_subset, load_images, to_float_images
 from idaa_transforms.pixel_fgsm import PixelFGSM
 from idaa_transforms.trainers import distributed as D
-from idaa_transforms.trainers.augment import simclr_views
+from idaa_transforms.views import simclr_views
 from idaa_transforms.trainers.config import TrainConfig, changed_settings
 from idaa_transforms.trainers.evaluation import extract_features, knn_accuracy, linear_probe
 from idaa_transforms.trainers.methods import BYOL, SimCLR, build_method

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from idaa_transforms.trainers.augment import (
+from idaa_transforms.views import (
     CROP_RATIO,
     FLIP_P,
     GRAYSCALE_P,
@@ -84,6 +84,30 @@ def test_apply_matches_kornia_for_the_same_parameters(seed: int) -> None:
     out = SimCLRViews(32).apply(x, params)
     assert out.shape == expected.shape
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_strong_jitter_of_the_vae_recipe_matches_kornia(seed: int) -> None:
+    # The IDAA authors' VAE views: crop scale 0.08-1 and ColorJitter(0.8, 0.8, 0.8, 0.2).
+    strong = (0.8, 0.8, 0.8, 0.2)
+    torch.manual_seed(seed)
+    x = smooth_images(64, seed=seed)
+    kornia = simclr_views(32, 0.08, backend="kornia", jitter=strong)
+    expected = kornia(x)
+    params = params_of_kornia(kornia)
+    assert float(params.factors[:, :3].min()) < 0.5 and float(params.factors[:, 3].abs().max()) > 0.1
+    torch.testing.assert_close(SimCLRViews(32, 0.08, jitter=strong).apply(x, params), expected, atol=1e-4, rtol=0)
+    drawn = SimCLRViews(32, 0.08, generator=seed, jitter=strong).make_params((4096, 3, 32, 32), torch.device("cpu"))
+    lows, highs = drawn.factors.amin(0), drawn.factors.amax(0)
+    torch.testing.assert_close(lows, torch.tensor([0.2, 0.2, 0.2, -0.2]), atol=0.01, rtol=0)
+    torch.testing.assert_close(highs, torch.tensor([1.8, 1.8, 1.8, 0.2]), atol=0.01, rtol=0)
+
+
+def test_jitter_strengths_out_of_range_are_refused() -> None:
+    with pytest.raises(ValueError, match="jitter: expected"):
+        SimCLRViews(32, jitter=(0.4, 0.4, 1.5, 0.1))
+    with pytest.raises(ValueError, match="jitter: expected"):
+        simclr_views(32, jitter=(0.4, 0.4, 0.4, 0.7))
 
 
 def test_every_colour_order_matches_kornia() -> None:

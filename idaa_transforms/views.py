@@ -1,4 +1,4 @@
-"""The paper's CIFAR SimCLR views, made on the device inside the training step.
+"""SimCLR views of an image batch, made on the device inside the training step (the SSL trainers, the VAE trainer).
 
 One pipeline, two implementations of it: a random resized crop (area fraction in ``[min_scale, 1]``, aspect ratio
 in :data:`CROP_RATIO`), a horizontal flip (:data:`FLIP_P`), a colour jitter (:data:`JITTER`, applied with
@@ -76,6 +76,8 @@ class SimCLRViews(nn.Module):
     Args:
         size: output side in pixels.
         min_scale: smallest crop area as a fraction of the image.
+        jitter: colour-jitter strengths (brightness, contrast, saturation, hue), as kornia's and torchvision's
+            ``ColorJitter`` take them: factors drawn in ``[1 - s, 1 + s]``, the hue shift in ``[-h, h]`` turns.
         generator: ``None`` (torch's global generators), an int seed, or a ``torch.Generator`` on the batch's
             device. The per-sample draws come from it; the colour order from a CPU generator with the same seed.
 
@@ -98,11 +100,13 @@ class SimCLRViews(nn.Module):
         True
     """
 
-    def __init__(self, size: int = 32, min_scale: float = 0.2, generator: torch.Generator | int | None = None) -> None:
+    def __init__(self, size: int = 32, min_scale: float = 0.2, generator: torch.Generator | int | None = None, *,
+                 jitter: tuple[float, float, float, float] = JITTER) -> None:
         super().__init__()
-        _check_options(size, min_scale)
+        _check_options(size, min_scale, jitter)
         self.size = int(size)
         self.min_scale = float(min_scale)
+        self.jitter = tuple(float(v) for v in jitter)
         self._seed: int | None = None
         self._device_generators: dict[torch.device, torch.Generator] = {}
         self._order_generator: torch.Generator | None = None
@@ -118,7 +122,7 @@ class SimCLRViews(nn.Module):
         self._constants: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, min_scale={self.min_scale}"
+        return f"size={self.size}, min_scale={self.min_scale}, jitter={self.jitter}"
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
@@ -230,8 +234,9 @@ class SimCLRViews(nn.Module):
         """Luma weights, hue sextant offsets, jitter lows and spans on ``device`` (made once: a copy to a GPU waits)."""
         key = (device, dtype)
         if key not in self._constants:
-            low = [1 - JITTER[0], 1 - JITTER[1], 1 - JITTER[2], -JITTER[3]]
-            span = [2 * JITTER[0], 2 * JITTER[1], 2 * JITTER[2], 2 * JITTER[3]]
+            b, c, s, h = self.jitter
+            low = [1 - b, 1 - c, 1 - s, -h]
+            span = [2 * b, 2 * c, 2 * s, 2 * h]
             self._constants[key] = (
                 torch.tensor(_LUMA, device=device, dtype=dtype).view(1, 3, 1, 1),
                 torch.tensor((5.0, 3.0, 1.0), device=device, dtype=dtype).view(1, 3, 1, 1),
@@ -267,11 +272,15 @@ def _fallback_crop(height: int, width: int) -> tuple[float, float]:
     return float(width), float(height)
 
 
-def _check_options(image_size: int, min_scale: float) -> None:
+def _check_options(image_size: int, min_scale: float, jitter: tuple[float, ...] = JITTER) -> None:
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size: expected a positive int, got {image_size!r}.")
     if not 0 < min_scale <= 1:
         raise ValueError(f"min_scale: expected a fraction in (0, 1], got {min_scale!r}.")
+    if len(jitter) != 4 or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in jitter[:3]) \
+            or not isinstance(jitter[3], (int, float)) or not 0 <= jitter[3] <= 0.5:
+        raise ValueError(f"jitter: expected (brightness, contrast, saturation, hue) strengths in [0, 1] and a hue in "
+                         f"[0, 0.5], got {jitter!r}.")
 
 
 def _check_batch(x: Tensor) -> None:
@@ -283,7 +292,8 @@ def _check_batch(x: Tensor) -> None:
 
 
 def simclr_views(image_size: int = 32, min_scale: float = 0.2, *, backend: str = "fast",
-                 generator: torch.Generator | int | None = None) -> nn.Module:
+                 generator: torch.Generator | int | None = None,
+                 jitter: tuple[float, float, float, float] = JITTER) -> nn.Module:
     """Random resized crop, horizontal flip, colour jitter (p=0.8) and greyscale (p=0.2) of an image batch.
 
     Each call of the returned module draws new parameters per sample, from torch's global random generators unless
@@ -295,6 +305,8 @@ def simclr_views(image_size: int = 32, min_scale: float = 0.2, *, backend: str =
         backend: ``"fast"`` (:class:`SimCLRViews`, also takes ``uint8`` batches) or ``"kornia"`` (the same
             augmentations as kornia modules, ``[0, 1]`` float batches).
         generator: for the fast backend, see :class:`SimCLRViews`.
+        jitter: colour-jitter strengths (brightness, contrast, saturation, hue); the SSL views use
+            :data:`JITTER`, the IDAA authors' VAE training uses ``(0.8, 0.8, 0.8, 0.2)``.
 
     Returns:
         A module mapping a ``(B, 3, H, W)`` batch to one view per sample, ``(B, 3, image_size, image_size)``.
@@ -307,9 +319,9 @@ def simclr_views(image_size: int = 32, min_scale: float = 0.2, *, backend: str =
         >>> simclr_views(32, backend="kornia")(torch.rand(2, 3, 40, 40)).shape
         torch.Size([2, 3, 32, 32])
     """
-    _check_options(image_size, min_scale)
+    _check_options(image_size, min_scale, jitter)
     if backend == "fast":
-        return SimCLRViews(image_size, min_scale, generator=generator)
+        return SimCLRViews(image_size, min_scale, generator=generator, jitter=jitter)
     if backend != "kornia":
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}.")
     if generator is not None:
@@ -320,6 +332,6 @@ def simclr_views(image_size: int = 32, min_scale: float = 0.2, *, backend: str =
     return nn.Sequential(
         K.RandomResizedCrop((image_size, image_size), scale=(min_scale, 1.0), ratio=CROP_RATIO),
         K.RandomHorizontalFlip(p=FLIP_P),
-        K.ColorJitter(*JITTER, p=JITTER_P),
+        K.ColorJitter(*jitter, p=JITTER_P),
         K.RandomGrayscale(p=GRAYSCALE_P),
     )
