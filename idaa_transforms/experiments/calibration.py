@@ -27,7 +27,7 @@ __all__ = ["Calibration", "CALIBRATION_SETTINGS", "calibrate"]
 #: Settings the matched pixel eps depends on; a saved calibration is reused only if they are unchanged.
 CALIBRATION_SETTINGS = ("method", "dataset", "subset", "crops_per_photo", "image_size", "arch", "vae", "eps",
                         "attack_steps", "temperature", "dual_bn", "proj_hidden", "proj_dim")
-INPUTS = "kornia training views of random training images, attacked with a fresh encoder as in a training step"
+INPUTS = "SimCLR training views of random training images, attacked with a fresh encoder as in a training step"
 
 
 @dataclass

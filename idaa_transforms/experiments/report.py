@@ -172,7 +172,8 @@ def _anchor_lines(anchors: Anchors, baseline: list[RunRecord], base: TrainConfig
 
 def _header(base: TrainConfig, c: Calibration, context: ReportContext, epochs: int, seeds: Sequence[int]) -> list[str]:
     """The report's title and its list of what ran where, on which data, with which settings."""
-    subset = f", a class-balanced subset of {base.subset} training images" if base.subset else ""
+    subset = (f" Class-balanced subsets (fixed, seed 0) of {base.subset} training and at most {base.subset} test "
+              f"images." if base.subset else "")
     return [f"# IDAA with controls: {base.method}, {base.arch}, {base.dataset}, {epochs} epoch(s), "
              f"{len(seeds)} seeds", "",
              f"- command: `{context.command}`", f"- date: {context.date}", f"- machine: {context.machine}",

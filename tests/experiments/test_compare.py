@@ -57,7 +57,7 @@ def test_compare_end_to_end(tmp_path, capsys):
     assert not data["not_started"] and not data["unfinished"]
     assert 0 <= data["anchors"]["random_init_knn"] <= 100 and data["anchors"]["published"] == []
     for text in ("paired t p", "sign-flip p", "s / epoch", "Equal wall-clock time", "pixel FGSM eps =",
-                 "What this does and does not show", "disjoint (checked)", "--seeds 0 1", "machine:", "date:",
+                 "What this does and does not show", "CIFAR-10 training split only", "--seeds 0 1", "machine:", "date:",
                  "randomly initialised small_cnn"):
         assert text in report, text
     assert "cannot reach p < 0.05" in report  # 2 seeds: the sign-flip floor is 0.5

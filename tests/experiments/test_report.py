@@ -86,7 +86,7 @@ def test_report_tables_anchors_and_left_over_runs():
     assert "IDAA - baseline (two views), kNN: +1.00 ± 0.00 points over 2 seeds" in text
     assert "randomly initialised resnet18, same data, no training | 0 | 41.5 |" in text
     assert "lightly benchmark" in text and "| 200 | 84.7 | - |" in text and "| 1000 | - | 90.7 |" in text
-    assert "a class-balanced subset of 2000 training images" in text
+    assert "Class-balanced subsets (fixed, seed 0) of 2000 training and at most 2000 test images." in text
     assert "eps0-e2-s0 (1 of 2 epochs), idaa-e2-s2 (not started)" in text and "--resume" in text
     assert data["anchors"]["random_init_knn"] == 41.5 and len(data["runs"]) == 5
     assert data["not_started"] == ["idaa-e2-s2"]
