@@ -218,6 +218,17 @@ def _csv(kind: type, text: str) -> list[Any]:
     return [kind(t) for t in text.split(",") if t.strip()]
 
 
+def _positive_csv(text: str) -> list[int]:
+    """``argparse`` type: comma-separated positive integers."""
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
@@ -228,10 +239,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the trainers' encoder; default resnet18 on CUDA, small_cnn on CPU")
     parser.add_argument("--vaes", default=None, help="comma-separated: paper, shipped (default paper,shipped for "
                         "the transform suite, shipped for the trainer suite, the trainer's default)")
-    parser.add_argument("--batch-sizes", default=None,
+    parser.add_argument("--batch-sizes", type=_positive_csv, default=None,
                         help="comma-separated; default 256,512,1024 on CUDA, 64,32,128 on CPU "
                              "(trainer suite: the first)")
-    parser.add_argument("--image-sizes", default="32,64,96", help="comma-separated (trainer suite: the first)")
+    parser.add_argument("--image-sizes", type=_positive_csv, default="32,64,96", help="comma-separated (trainer suite: the first)")
     parser.add_argument("--repeats", type=positive_int, default=None, help="default 10 on CUDA, 5 on CPU")
     parser.add_argument("--warmup", type=non_negative_int, default=3)
     parser.add_argument("--amp", default="", help="transform suite: extra autocast variants at the base point "
@@ -267,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         torch.set_float32_matmul_precision("high")  # TF32 matmuls, as a trainer would run fp32
     arch = args.arch or ("resnet18" if cuda else "small_cnn")
     repeats = args.repeats or (10 if cuda else 5)
-    batch_sizes = _csv(int, args.batch_sizes or ("256,512,1024" if cuda else "64,32,128"))
+    batch_sizes = args.batch_sizes or _positive_csv("256,512,1024" if cuda else "64,32,128")
     out = Path(args.out) if args.out else None
     info = machine_info(device)
     print(json.dumps(info), flush=True)
@@ -276,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         workers = args.loader_workers if args.loader_workers is not None else min(16, os.cpu_count() or 1)
         cfg = TrainerBenchConfig(
             device=args.device, arch=arch, vae=_csv(str, args.vaes or "shipped")[0], batch_size=batch_sizes[0],
-            image_size=_csv(int, args.image_sizes)[0], amp=amps[0] if amps else None,
+            image_size=args.image_sizes[0], amp=amps[0] if amps else None,
             channels_last=args.channels_last, repeats=repeats, warmup=args.warmup,
             epoch_images=args.epoch_images if args.epoch_images is not None else (50_000 if cuda else 0),
             loader_workers=workers)
@@ -298,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         return [record]
 
     base = BenchConfig(device=args.device, arch=arch, repeats=repeats, warmup=args.warmup)
-    configs = plan_configs(base, _csv(str, args.vaes or "paper,shipped"), batch_sizes, _csv(int, args.image_sizes),
+    configs = plan_configs(base, _csv(str, args.vaes or "paper,shipped"), batch_sizes, args.image_sizes,
                            _csv(str, args.amp), _csv(str, args.compile))
     if args.profile:
         print(profile_transform(configs[0], out))

@@ -6,7 +6,7 @@ lightly's ImageNet normalisation, each step makes a hard view of the first view,
 
     pip install lightly
     python examples/lightly_simclr.py --data-dir path/to/images --epochs 10     # any folder of images
-    python examples/lightly_simclr.py --fake 64 --epochs 1                      # generated images, no data needed
+    python examples/lightly_simclr.py --fake 64 --epochs 1 --batch-size 32      # generated images, no data needed
 """
 
 from __future__ import annotations

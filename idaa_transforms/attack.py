@@ -116,6 +116,11 @@ def _embedding(value: Any, what: str) -> Tensor:
             f"encoder: the built-in loss needs encoder({what}) to return one tensor of embeddings (B, ...), got "
             f"{type(value).__name__}; wrap the encoder to return that tensor, or pass loss_fn=<callable(x, x_adv)>."
         )
+    if value.dim() < 2:
+        raise ValueError(
+            f"encoder: the built-in loss needs encoder({what}) to return embeddings with one row per sample, (B, D), "
+            f"got shape {tuple(value.shape)}; return (B, D) features, or pass loss_fn=<callable(x, x_adv)>."
+        )
     return value.flatten(1)
 
 

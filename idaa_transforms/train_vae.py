@@ -56,8 +56,9 @@ METRICS = "metrics.jsonl"
 #: Files whose presence means a previous run lives in the output folder.
 RUN_FILES = (STATE, METRICS, "model.safetensors", "config.json", "README.md", "reconstructions.png")
 #: Settings that may change when a run is resumed: they do not change what it computes.
-RESUMABLE = ("resume", "overwrite", "save_every", "save_dtype", "no_progress", "out", "data_dir", "download",
-             "device")
+RESUMABLE = ("resume", "overwrite", "save_every", "save_dtype", "no_progress", "out", "download", "device")
+#: What a state file of this trainer holds.
+STATE_KEYS = ("model", "config", "settings", "optimizer", "scheduler", "epoch", "seconds", "metrics", "rng")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
 AUGMENTS = ("simclr", "flip")
 #: The authors' VAE views: torchvision's default crop scale and a stronger colour jitter than the SSL views'.
@@ -346,6 +347,11 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
         if not state_path.is_file():
             raise FileNotFoundError(f"--resume: {state_path} does not exist; train without --resume first.")
         state = load_torch_state(state_path, map_location=device)
+        lacking = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+        if lacking:
+            raise ValueError(f"--resume: {state_path} is not a training state of idaa-train-vae (it lacks "
+                             f"{', '.join(lacking)}); delete it and start again without --resume, or choose another "
+                             f"--out.")
         changed = changed_settings(state.get("settings", {}), _settings(args), ignore=RESUMABLE)
         if changed:
             raise ValueError(f"--resume: {state_path} was made with other settings (name: (saved, now)): {changed}; "

@@ -354,7 +354,13 @@ class IdentityVAE(nn.Module):
             8
         """
         folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
+        if folder.exists() and not folder.is_dir():
+            raise FileExistsError(f"save_pretrained: {str(folder)!r} is a file; give a folder for the checkpoint.")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise FileExistsError(f"save_pretrained: a part of {str(folder)!r} is a file; give a folder for the "
+                                  f"checkpoint.") from None
         save_weights(folder, self.state_dict())
         write_config(folder, self.config.to_dict())
         if not (folder / CARD_FILE).exists():

@@ -75,6 +75,13 @@ def test_encoder_loss_needs_one_tensor(returned):
         encoder_loss(wrapped, x, x.clone().requires_grad_(True))
 
 
+@pytest.mark.parametrize("shape", [(), (4,)])
+def test_encoder_loss_needs_one_row_per_sample(shape):
+    x = batch(4)
+    with pytest.raises(ValueError, match=r"one row per sample, \(B, D\), got shape .* or pass loss_fn="):
+        encoder_loss(lambda v: v.sum() if shape == () else v.flatten(1).sum(1), x, x.clone().requires_grad_(True))
+
+
 def test_loss_gradient_errors():
     z = torch.zeros(3, requires_grad=True)
     with pytest.raises(ValueError, match="expected a scalar tensor"):

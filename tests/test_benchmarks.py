@@ -91,5 +91,8 @@ def test_bad_options_are_refused() -> None:
         bench.parse_args(["--suite", "training"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--repeats", "0"])
+    for sizes in ("0", "32,-1", "a"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--batch-sizes", sizes])
     with pytest.raises(SystemExit):  # no abbreviations
         bench.parse_args(["--suit", "trainer"])

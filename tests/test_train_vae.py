@@ -175,6 +175,7 @@ def test_resume_without_state_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("option, value", [("--width", "32"), ("--lr", "1e-3"), ("--batch-size", "16"),
+                                           ("--data-dir", "elsewhere"),
                                            ("--kl-weight", "0.5"), ("--epochs", "3"), ("--seed", "5"),
                                            ("--augment", "flip")])
 def test_resume_refuses_settings_that_change_the_result(tmp_path, option, value):
@@ -292,3 +293,9 @@ def test_half_precision_weights_load_into_float32_and_reconstruct_alike(tmp_path
     from idaa_transforms.train_vae import reconstruct
 
     assert (reconstruct(a, x) - reconstruct(b, x)).abs().max() < 1e-2
+
+
+def test_resume_of_a_foreign_torch_file_says_so(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "trainer_state.pt")
+    with pytest.raises(ValueError, match="is not a training state of idaa-train-vae \\(it lacks model"):
+        run([*TINY, "--epochs", "1", "--out", str(tmp_path), "--resume"])

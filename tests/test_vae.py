@@ -247,3 +247,12 @@ def test_posterior_mean_has_gradients(vae):
     x = torch.rand(2, 3, 32, 32, requires_grad=True)
     vae.posterior_mean(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_save_pretrained_onto_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    vae = make_vae()
+    with pytest.raises(FileExistsError, match="'.*afile' is a file; give a folder"):
+        vae.save_pretrained(tmp_path / "afile")
+    with pytest.raises(FileExistsError, match="a part of .* is a file"):
+        vae.save_pretrained(tmp_path / "afile" / "inner")

@@ -191,6 +191,9 @@ class TrainConfig:
         if self.batch_size < 2:
             raise ValueError(f"batch_size: expected at least 2 (BatchNorm needs two samples per batch), got "
                              f"{self.batch_size}.")
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs: {self.warmup_epochs} warm-up epochs leave none of the {self.epochs} "
+                             f"epochs at the full learning rate; use fewer warm-up epochs or more epochs.")
         if self.overwrite and self.resume:
             raise ValueError("overwrite and resume: give one of them (resume continues the run in --out, overwrite "
                              "replaces it).")

@@ -36,6 +36,7 @@ def test_defaults_are_the_papers():
     (dict(device="tpu"), "device: expected cpu, cuda"),
     (dict(idaa="yes"), "idaa: expected True or False"),
     (dict(resume=True, overwrite=True), "give one of them"),
+    (dict(warmup_epochs=5, epochs=1), "warmup_epochs: 5 warm-up epochs leave none of the 1 epochs"),
 ])
 def test_config_rejects_bad_values(bad, match):
     with pytest.raises(ValueError, match=match):
