@@ -3,6 +3,8 @@ milliseconds on a CPU."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -61,3 +63,22 @@ def batch(b: int = 8, h: int = 32, w: int = 32, seed: int = 2) -> torch.Tensor:
 #: The smallest useful training run: 80 photo crops, one epoch of small_cnn steps, a short probe.
 TINY_RUN = dict(dataset="photos", arch="small_cnn", crops_per_photo=16, batch_size=32, epochs=1, probe_steps=20,
                 knn_k=20, device="cpu", no_progress=True)
+
+
+def dies_writing(victim: str):
+    """An ``open`` for ``_files`` whose files named like ``victim`` write half their bytes, then the run is killed."""
+    real_open = open
+
+    def opener(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and victim in Path(file).name:
+            write = handle.write
+
+            def write_half_then_die(data):
+                write(data[: len(data) // 2])
+                raise KeyboardInterrupt("killed mid-write")
+
+            handle.write = write_half_then_die
+        return handle
+
+    return opener

@@ -15,15 +15,7 @@ workloads = pytest.importorskip("workloads")
 bench = pytest.importorskip("bench")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster than two, and much faster on a shared machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_transform_suite_returns_finite_positive_timings_and_ratios() -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import dies_writing
 from idaa_transforms import CheckpointError, IDAATransform, IdentityVAE, _files
 from idaa_transforms.convert import (
     CIFAR_MEAN,
@@ -368,25 +369,6 @@ def test_non_finite_normalisation_is_rejected(tmp_path, values):
     with pytest.raises(ConversionError, match=rf"VAEConfig\.{name}: expected 3 finite numbers"):
         convert_original_checkpoint(path, tmp_path / "out", **values)
     assert not (tmp_path / "out").exists()
-
-
-def dies_writing(victim: str):
-    """An ``open`` for ``_files`` whose files named like ``victim`` write half their bytes, then the run is killed."""
-    real_open = open
-
-    def opener(file, mode="r", *args, **kwargs):
-        handle = real_open(file, mode, *args, **kwargs)
-        if "w" in mode and victim in Path(file).name:
-            write = handle.write
-
-            def write_half_then_die(data):
-                write(data[: len(data) // 2])
-                raise KeyboardInterrupt("killed mid-write")
-
-            handle.write = write_half_then_die
-        return handle
-
-    return opener
 
 
 @pytest.mark.parametrize("victim", ["README.md", "model.safetensors", "config.json"])

@@ -14,6 +14,7 @@ import pytest
 import torch
 from huggingface_hub import constants
 
+from helpers import dies_writing
 from idaa_transforms import CheckpointError, HubOptions, IDAATransform, IdentityVAE, VAEConfig
 from idaa_transforms import _files, _hub
 from idaa_transforms.data import EVAL_PHOTOS, photo_crops
@@ -365,25 +366,6 @@ def test_config_and_weights_are_written_atomically(tiny_vae, tmp_path, monkeypat
     monkeypatch.setattr(_files, "atomic_write_bytes", spy)  # atomic_write_text goes through it
     tiny_vae.save_pretrained(tmp_path)
     assert sorted(calls) == ["README.md", "config.json", "model.safetensors"]
-
-
-def dies_writing(victim: str):
-    """An ``open`` for ``_files`` whose files named like ``victim`` write half their bytes, then the run is killed."""
-    real_open = open
-
-    def opener(file, mode="r", *args, **kwargs):
-        handle = real_open(file, mode, *args, **kwargs)
-        if "w" in mode and victim in Path(file).name:
-            write = handle.write
-
-            def write_half_then_die(data):
-                write(data[: len(data) // 2])
-                raise KeyboardInterrupt("killed mid-write")
-
-            handle.write = write_half_then_die
-        return handle
-
-    return opener
 
 
 @pytest.mark.parametrize("victim", ["model.safetensors", "config.json", "README.md"])
