@@ -6,7 +6,9 @@ import argparse
 import copy
 import math
 
-__all__ = ["HelpFormatter", "positive_int", "non_negative_int", "positive_float", "non_negative_float",
+import torch
+
+__all__ = ["HelpFormatter", "DEVICE_TYPES", "device_name", "positive_int", "non_negative_int", "positive_float", "non_negative_float",
            "finite_float"]
 
 
@@ -28,6 +30,26 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if action.default not in (None, argparse.SUPPRESS) and action.nargs != 0 and "default" not in text:
             text += " (default: %(default)s)" if text else "default: %(default)s"
         return text
+
+
+#: Device types the command-line programs accept (``cuda:N`` included).
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def device_name(text: str) -> str:
+    """``argparse`` type: a torch device of a supported type (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
+
+    Example:
+        >>> device_name("cuda:1")
+        'cuda:1'
+    """
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(DEVICE_TYPES)} (or cuda:N), got {text!r}")
+    return text
 
 
 def _number(text: str, kind: type, what: str, ok) -> float | int:

@@ -75,22 +75,34 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_torch_state(path: str | Path, map_location: Any = "cpu") -> Any:
+def load_torch_state(path: str | Path, map_location: Any = "cpu", *, required: Iterable[str] = (),
+                     kind: str = "training state") -> Any:
     """Read a state file written by :func:`atomic_torch_save`, with ``weights_only=True`` (no code runs).
 
+    Args:
+        path: the file.
+        map_location: as in ``torch.load``.
+        required: keys the state must hold (a dict lacking any of them is another program's file).
+        kind: what a file with all ``required`` keys is, for the message (``"checkpoint of these trainers"``...).
+
     Raises:
-        ValueError: the file is truncated, not a torch file, or holds objects other than tensors and plain data;
-            the message names the file.
+        ValueError: the file is truncated, not a torch file, holds objects other than tensors and plain data, or
+            lacks a ``required`` key; the message names the file.
     """
     path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "weights_only" in first or "Unsupported global" in first or isinstance(err, pickle.UnpicklingError):
             first = "it holds Python objects other than tensors and plain data, which are never unpickled here"
         raise ValueError(f"{path} is not a readable training state ({first[:160]}); "
                          f"delete it and start again without --resume, or point to another folder.") from None
+    lacking = [key for key in required if not isinstance(state, dict) or key not in state]
+    if lacking:
+        raise ValueError(f"{path} is not a {kind} (it lacks {', '.join(lacking)}); delete it and start again "
+                         f"without --resume, or point --out to another folder.")
+    return state
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

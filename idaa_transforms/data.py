@@ -31,6 +31,7 @@ __all__ = [
     "photo_crops",
     "load_images",
     "to_float_images",
+    "to_uint8_images",
     "class_balanced_subset",
     "batches",
 ]
@@ -170,7 +171,7 @@ def load_images(
     if name == "photos":
         crops = photo_crops(photos, crops_per_photo, image_size, split="train" if train else "test",
                             seed=seed if train else seed + 1)
-        images, labels = crops.tensors[0].mul(255).round_().to(torch.uint8), crops.tensors[1]
+        images, labels = to_uint8_images(crops.tensors[0]), crops.tensors[1]
     elif name in ("cifar10", "cifar100"):
         from idaa_transforms._cifar import load_cifar
 
@@ -261,6 +262,17 @@ def to_float_images(images: Tensor) -> Tensor:
     if not images.is_floating_point():
         raise TypeError(f"images: expected uint8 or floating-point tensors, got {images.dtype}.")
     return images
+
+
+def to_uint8_images(images: Tensor) -> Tensor:
+    """Floating-point images in [0, 1] as uint8 (0-255), rounded to the nearest level; the inverse of
+    :func:`to_float_images` up to that rounding.
+
+    Example:
+        >>> to_uint8_images(torch.tensor([0.0, 0.2, 1.0])).tolist()
+        [0, 51, 255]
+    """
+    return images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def batches(

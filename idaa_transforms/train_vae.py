@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from idaa_transforms._cli import HelpFormatter, non_negative_float, positive_float, positive_int
+from idaa_transforms._cli import HelpFormatter, device_name, non_negative_float, positive_float, positive_int
 from idaa_transforms._files import (atomic_torch_save, atomic_write_jsonl, atomic_write_text,
                                     changed_settings,
                                     load_torch_state, prepare_run_dir)
@@ -44,7 +44,7 @@ from idaa_transforms._grids import decomposition_rows, save_image_rows
 from idaa_transforms._hub import write_model_card
 from idaa_transforms._rng import rng_state, set_rng_state
 from idaa_transforms.data import DATASETS, EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS, batches, load_images, \
-    photo_crops, to_float_images
+    photo_crops, to_float_images, to_uint8_images
 from idaa_transforms.vae import IdentityVAE, VAEConfig, vae_loss
 from idaa_transforms.views import simclr_views
 
@@ -123,10 +123,10 @@ def _datasets(args: argparse.Namespace) -> tuple[Tensor, Tensor, str]:
     """uint8 training and held-out images, and a sentence describing them for the model card."""
     if args.dataset == "photos":
         train_names = VAE_PHOTOS + GRAY_PHOTOS
-        as_uint8 = lambda ds: ds.tensors[0].mul(255).round_().to(torch.uint8)  # noqa: E731
-        train = as_uint8(photo_crops(train_names, args.crops_per_photo, args.image_size, split="all", seed=args.seed))
-        held_out = as_uint8(photo_crops(EVAL_PHOTOS, args.held_out_crops, args.image_size, split="all",
-                                        seed=args.seed + 1))
+        train = to_uint8_images(photo_crops(train_names, args.crops_per_photo, args.image_size, split="all",
+                                            seed=args.seed).tensors[0])
+        held_out = to_uint8_images(photo_crops(EVAL_PHOTOS, args.held_out_crops, args.image_size, split="all",
+                                               seed=args.seed + 1).tensors[0])
         about = (
             f"{len(train)} random crops (sides 32-160 px, resized to {args.image_size} px) of the photographs "
             f"{', '.join(train_names)} (scikit-image / scikit-learn bundled data; greyscale ones replicated to RGB). "
@@ -183,7 +183,7 @@ def reconstruct(vae: IdentityVAE, x: Tensor) -> Tensor:
     """``G(x)`` of ``[0, 1]`` images (uint8 accepted), in ``[0, 1]`` pixel space, from the posterior mean."""
     x = to_float_images(x)
     mean, std = _normalisation(vae.config, x.device)
-    return (vae.decode(vae.encode((x - mean) / std).mu) * std + mean).float()
+    return (vae.decode(vae.posterior_mean((x - mean) / std)) * std + mean).float()
 
 
 def _over_batches(vae: IdentityVAE, images: Tensor, batch_size: int, fn) -> list[Tensor]:
@@ -325,13 +325,12 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def _device(name: str) -> torch.device:
     try:
-        device = torch.device(name)
-    except RuntimeError:
+        device_name(name)
+    except argparse.ArgumentTypeError:
         raise ValueError(f"--device: {name!r} is not a device; use cpu, cuda or cuda:<index>.") from None
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device: CUDA is not available on this machine; use --device cpu.")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device: {name!r} is not supported; use cpu, cuda or cuda:<index>.")
     return device
 
 
@@ -346,12 +345,8 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
     if args.resume:
         if not state_path.is_file():
             raise FileNotFoundError(f"--resume: {state_path} does not exist; train without --resume first.")
-        state = load_torch_state(state_path, map_location=device)
-        lacking = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
-        if lacking:
-            raise ValueError(f"--resume: {state_path} is not a training state of idaa-train-vae (it lacks "
-                             f"{', '.join(lacking)}); delete it and start again without --resume, or choose another "
-                             f"--out.")
+        state = load_torch_state(state_path, map_location=device, required=STATE_KEYS,
+                                 kind="training state of idaa-train-vae")
         changed = changed_settings(state.get("settings", {}), _settings(args), ignore=RESUMABLE)
         if changed:
             raise ValueError(f"--resume: {state_path} was made with other settings (name: (saved, now)): {changed}; "

@@ -22,8 +22,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from idaa_transforms import _cli, _files
 from idaa_transforms.data import DATASETS
 
@@ -35,26 +33,9 @@ ARCHS = ("resnet18", "small_cnn")
 ADVERSARIES = ("idaa", "pixel_fgsm")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
-DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 #: Settings that may change between a run and its resumption without changing what it computes.
 RESUME_SAFE = frozenset({"resume", "overwrite", "stop_after", "save_every", "no_progress", "device", "out", "download"})
-
-
-def device_name(text: str) -> str:
-    """``argparse`` type: a torch device of a supported type (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
-
-    Example:
-        >>> device_name("cuda:1")
-        'cuda:1'
-    """
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in DEVICE_TYPES:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(DEVICE_TYPES)} (or cuda:N), got {text!r}")
-    return text
 
 
 # How each kind of option is typed on the command line and validated in the config: (argparse type, check, words).
@@ -72,14 +53,14 @@ _KINDS: dict[str, tuple[Callable[[str], Any], Callable[[Any], bool], str]] = {
     "positive": (_cli.positive_float, lambda v: _is_number(v) and v > 0, "a finite number > 0"),
     "non_negative": (_cli.non_negative_float, lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
     "fraction": (_cli.non_negative_float, lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "device": (device_name, lambda v: v is None or _device_ok(v), "cpu, cuda, cuda:N or mps"),
+    "device": (_cli.device_name, lambda v: v is None or _device_ok(v), "cpu, cuda, cuda:N or mps"),
     "text": (str, lambda v: isinstance(v, str) and v != "", "a non-empty string"),
 }
 
 
 def _device_ok(text: str) -> bool:
     try:
-        device_name(text)
+        _cli.device_name(text)
     except argparse.ArgumentTypeError:
         return False
     return True

@@ -343,11 +343,8 @@ def _start(cfg: TrainConfig, env: D.DistEnv) -> tuple[Path, dict[str, Any] | Non
         if env.is_main:
             print(f"resume: no {path} yet; starting from scratch.", file=sys.stderr)
         return out, None
-    ckpt = _files.load_torch_state(path, map_location=env.device)
-    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise ValueError(f"{path} is not a checkpoint of these trainers (it lacks {', '.join(missing)}); delete it "
-                         f"and start again without --resume, or point --out to another folder.")
+    ckpt = _files.load_torch_state(path, map_location=env.device, required=_CHECKPOINT_KEYS,
+                                   kind="checkpoint of these trainers")
     changed = changed_settings(ckpt["config"], cfg)
     if changed:
         raise ValueError(f"resume: the checkpoint in {path} was made with different settings "
