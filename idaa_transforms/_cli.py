@@ -1,15 +1,18 @@
-"""What the command-line programs share: the help formatter and argument types that reject bad values up front."""
+"""What the command-line programs share: the help formatter, argument types that reject bad values up front, and
+the two ways a long run stops early (``--stop-after`` epochs, ``--max-minutes``) with their one meaning."""
 
 from __future__ import annotations
 
 import argparse
 import copy
 import math
+import time
 
 import torch
 
-__all__ = ["HelpFormatter", "DEVICE_TYPES", "device_name", "positive_int", "non_negative_int", "positive_float", "non_negative_float",
-           "finite_float"]
+__all__ = ["HelpFormatter", "DEVICE_TYPES", "device_name", "positive_int", "non_negative_int", "positive_float",
+           "non_negative_float", "finite_float", "STOP_AFTER_HELP", "MAX_MINUTES_HELP", "deadline_after",
+           "next_epoch_passes"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -85,3 +88,34 @@ def non_negative_float(text: str) -> float:
 def finite_float(text: str) -> float:
     """``argparse`` type: any finite number."""
     return _number(text, float, "a finite number", lambda v: True)
+
+
+# -- stopping early, resumably -------------------------------------------------------------------------------------
+#: ``--stop-after``: the same words and meaning in every program that trains.
+STOP_AFTER_HELP = ("stop after this many epochs of this call, with a checkpoint; the same command with --resume "
+                   "continues")
+#: ``--max-minutes``: the same words and meaning in every program that trains.
+MAX_MINUTES_HELP = ("stop between epochs, with a checkpoint, when the next epoch (as long as the last one) would end "
+                    "past this many minutes of this call; the same command with --resume continues")
+
+
+def deadline_after(minutes: float | None, start: float | None = None) -> float | None:
+    """The ``time.time()`` by which a call given ``--max-minutes minutes`` must stop; ``None`` without a limit.
+
+    Example:
+        >>> deadline_after(2.0, start=100.0), deadline_after(None)
+        (220.0, None)
+    """
+    if minutes is None:
+        return None
+    return (time.time() if start is None else start) + 60.0 * minutes
+
+
+def next_epoch_passes(deadline: float | None, epoch_seconds: float) -> bool:
+    """Whether an epoch as long as the last one (``epoch_seconds``), started now, would end past ``deadline``.
+
+    Example:
+        >>> next_epoch_passes(None, 1e9), next_epoch_passes(time.time() + 60, 1.0)
+        (False, False)
+    """
+    return deadline is not None and time.time() + epoch_seconds > deadline

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from idaa_transforms._cli import HelpFormatter, device_name, non_negative_float, positive_float, positive_int
+from idaa_transforms._cli import (MAX_MINUTES_HELP, STOP_AFTER_HELP, HelpFormatter, deadline_after, device_name,
+                                  next_epoch_passes, non_negative_float, positive_float, positive_int)
 from idaa_transforms._files import (atomic_torch_save, atomic_write_jsonl, atomic_write_text,
                                     changed_settings,
                                     load_torch_state, prepare_run_dir)
@@ -109,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs/vae", help="output folder (a Hub-layout checkpoint)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its trainer_state.pt")
     run.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    run.add_argument("--stop-after", type=positive_int, default=None,
-                     help="stop (resumably) after this many epochs of this invocation, e.g. to fit a time limit")
+    run.add_argument("--stop-after", type=positive_int, default=None, metavar="EPOCHS", help=STOP_AFTER_HELP)
+    run.add_argument("--max-minutes", type=positive_float, default=None, metavar="MINUTES",
+                     help=MAX_MINUTES_HELP)
     run.add_argument("--save-every", type=positive_int, default=10, help="epochs between checkpoints")
     run.add_argument("--save-dtype", default="float32", choices=SAVE_DTYPES,
                      help="dtype of the saved weights (loaded back into float32); float16 halves the folder")
@@ -320,7 +322,7 @@ the latent step changes `G(x)` while `R(x)` keeps the identity."""
 
 # -- training -----------------------------------------------------------------------------------------------------
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if k not in ("stop_after", "threads")}
+    return {k: v for k, v in vars(args).items() if k not in ("stop_after", "max_minutes", "threads")}
 
 
 def _device(name: str) -> torch.device:
@@ -336,6 +338,7 @@ def _device(name: str) -> torch.device:
 
 def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
     """Run the training described by ``args`` (see :func:`build_parser`); returns the output folder."""
+    deadline = deadline_after(args.max_minutes)
     device = _device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -410,11 +413,15 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
         atomic_write_jsonl(out / METRICS, rows)
         if not args.no_progress:
             tqdm.write(f"epoch {epoch + 1}: loss {epoch_loss:.4f}  held-out PSNR {held['psnr']:.2f} dB")
+        if epoch + 1 < last_epoch and next_epoch_passes(deadline, time.perf_counter() - started):
+            last_epoch = epoch + 1
         if epoch + 1 == last_epoch or (epoch + 1) % args.save_every == 0:
             atomic_torch_save({"model": vae.state_dict(), "config": config.to_dict(), "settings": _settings(args),
                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                "epoch": epoch + 1, "seconds": seconds, "images_seen": images_seen,
                                "metrics": rows, "rng": rng_state(device)}, state_path)
+        if epoch + 1 == last_epoch:
+            break
     epochs_done = max(last_epoch, start_epoch)
     vae.eval()
     report = held_out_report(vae, held_images, args.image_size, seed=args.seed)

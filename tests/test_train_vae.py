@@ -124,6 +124,14 @@ def test_stop_after_then_resume_finishes_the_schedule(tmp_path):
     assert epochs_logged(out) == [1, 2, 3] and "epochs: 3 of 3" in (out / "README.md").read_text()
 
 
+def test_max_minutes_stops_between_epochs_then_resume_finishes(tmp_path):
+    out = tmp_path / "vae"
+    run([*TINY, "--epochs", "3", "--max-minutes", "1e-6", "--out", str(out)])  # no second epoch fits
+    assert epochs_logged(out) == [1] and "epochs: 1 of 3" in (out / "README.md").read_text()
+    run([*TINY, "--epochs", "3", "--out", str(out), "--resume"])
+    assert epochs_logged(out) == [1, 2, 3]
+
+
 def test_a_finished_run_is_never_replaced_without_overwrite(tmp_path):
     out = tmp_path / "vae"
     run([*TINY, "--epochs", "1", "--out", str(out)])

@@ -2,7 +2,7 @@
 
     python -m idaa_transforms.experiments.compare                       # photos, 5 seeds, all variants
     python -m idaa_transforms.experiments.compare --dataset cifar10 --data-dir data/cifar10 --arch resnet18 \\
-        --epochs 100 --amp --out runs/compare-cifar10 --stop-after 50     # then the same command with --resume
+        --epochs 100 --amp --out runs/compare-cifar10 --max-minutes 50    # then the same command with --resume
     python -m idaa_transforms.experiments.compare --dataset cifar10 --data-dir data/cifar10 --subset 2000 \\
         --variants baseline,idaa,eps0 --out runs/compare-cifar10-cpu     # CPU: small_cnn, 5 seeds, < 30 min
 
@@ -29,10 +29,11 @@ Every trainer option is accepted (``--temperature``, ``--attack-steps``, ``--no-
 harness only sets its own defaults for a few (dataset, epochs, batch size, architecture).
 
 Runs go to ``<out>/<variant>-e<epochs>-s<seed>`` (:mod:`~idaa_transforms.experiments.schedule`). A finished run is
-read, not retrained; ``--stop-after MINUTES`` stops cleanly between runs or between the epochs of a run, leaving
+read, not retrained; ``--max-minutes MINUTES`` stops cleanly between runs or between the epochs of a run, leaving
 checkpoints, and ``--resume`` continues them. The report (in ``--report-dir``, default ``--out``: ``report.md``,
 ``compare.json``, ``knn_curves.png``, ``views_grid.png``) is rewritten after every run, so it always holds every
-finished run and says how many seeds and epochs each number has.
+finished run, says how many seeds and epochs each number has, and lists every call that added runs to it
+(``<out>/calls.jsonl``).
 """
 
 from __future__ import annotations
@@ -60,10 +61,13 @@ from idaa_transforms.trainers.config import TrainConfig, add_train_arguments, co
 
 __all__ = ["HARNESS_DEFAULTS", "build_parser", "main"]
 
+#: Every call into ``--out``, one JSON line each (command, date, machine): the report lists them all.
+CALLS = "calls.jsonl"
 #: The harness's own defaults for trainer options (everything else keeps TrainConfig's).
 HARNESS_DEFAULTS = {"dataset": "photos", "epochs": 10, "batch_size": 128, "arch": None}
 #: Trainer options the harness sets per run itself.
-_PER_RUN = ("seed", "out", "resume", "overwrite", "stop_after", "idaa", "adversary", "pixel_eps", "no_progress")
+_PER_RUN = ("seed", "out", "resume", "overwrite", "stop_after", "max_minutes", "idaa", "adversary", "pixel_eps",
+            "no_progress")
 CALIBRATION, ANCHORS = "calibration.json", "anchors.json"
 
 
@@ -93,10 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--report-dir", default=None, help="folder of report.md, compare.json and the PNGs (default: --out)")
     g.add_argument("--no-equal-time", dest="equal_time", action="store_false",
                    help="skip the equal wall-clock time runs")
-    g.add_argument("--stop-after", "--max-minutes", dest="stop_after_minutes", type=_cli.positive_float, default=None,
-                   metavar="MINUTES",
-                   help="stop cleanly after this many minutes, between runs or between the epochs of a run "
-                        "(leaving checkpoints); continue later with --resume")
+    g.add_argument("--max-minutes", type=_cli.positive_float, default=None, metavar="MINUTES",
+                   help=_cli.MAX_MINUTES_HELP + "; no run starts after that")
     g.add_argument("--resume", dest="resume_runs", action="store_true",
                    help="continue runs that an earlier call left unfinished")
     g.add_argument("--no-anchors", dest="anchors", action="store_false",
@@ -134,15 +136,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, variants: list[str]) -> dict[str, Any]:
     start = time.time()
-    deadline = None if args.stop_after_minutes is None else start + 60 * args.stop_after_minutes
+    deadline = _cli.deadline_after(args.max_minutes, start)
     out, report_dir = Path(args.out), Path(args.report_dir or args.out)
     for folder in (out, report_dir):
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"{folder} is a file, not a folder; choose another --out or --report-dir.")
         folder.mkdir(parents=True, exist_ok=True)
-    context = ReportContext(command="python -m idaa_transforms.experiments.compare " + shlex.join(argv),
-                            date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                            machine=describe_machine(base.device), data=check_no_leak(base.dataset, base.vae))
+    call = {"command": "python -m idaa_transforms.experiments.compare " + shlex.join(argv),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": describe_machine(base.device)}
+    earlier = _files.read_jsonl(out / CALLS)
+    _files.atomic_write_jsonl(out / CALLS, [*earlier, call])
+    context = ReportContext(**call, data=check_no_leak(base.dataset, base.vae), earlier_calls=earlier)
     print(context.data, flush=True)
     calibration = _calibration(base, args.calibration_images, out, report_dir)
     print(f"pixel FGSM eps matched to IDAA's mean L2 perturbation: {calibration.pixel_eps:.5f}", flush=True)

@@ -32,12 +32,14 @@ SIGNIFICANCE = 0.05
 
 @dataclass
 class ReportContext:
-    """Where and how the comparison ran: the command, the date, the machine and the data."""
+    """Where and how the comparison ran: the command, the date, the machine and the data of this call, and the
+    earlier calls whose runs the report also holds (``{"command", "date", "machine"}`` each, oldest first)."""
 
     command: str
     date: str
     machine: str
     data: str
+    earlier_calls: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -170,6 +172,14 @@ def _anchor_lines(anchors: Anchors, baseline: list[RunRecord], base: TrainConfig
     return lines
 
 
+def _earlier_call_lines(calls: Sequence[dict[str, str]]) -> list[str]:
+    """The earlier calls into the same folder (runs they finished are in the tables too), oldest first."""
+    if not calls:
+        return []
+    return [f"- earlier calls into this folder, oldest first ({len(calls)}):",
+            *(f"  - `{c['command']}` ({c['date']}, {c['machine']})" for c in calls)]
+
+
 def _header(base: TrainConfig, c: Calibration, context: ReportContext, epochs: int, seeds: Sequence[int]) -> list[str]:
     """The report's title and its list of what ran where, on which data, with which settings."""
     subset = (f" Class-balanced subsets (fixed, seed 0) of {base.subset} training and at most {base.subset} test "
@@ -177,6 +187,7 @@ def _header(base: TrainConfig, c: Calibration, context: ReportContext, epochs: i
     return [f"# IDAA with controls: {base.method}, {base.arch}, {base.dataset}, {epochs} epoch(s), "
              f"{len(seeds)} seeds", "",
              f"- command: `{context.command}`", f"- date: {context.date}", f"- machine: {context.machine}",
+             *_earlier_call_lines(context.earlier_calls),
              f"- data: {context.data}{subset}",
              f"- settings: batch {base.batch_size}, lr {base.lr}, IDAA eps {base.eps}, alpha {base.alpha}, "
              f"{base.attack_steps} attack step(s), dual BatchNorm {base.dual_bn}, amp {base.amp}, seeds "

@@ -35,7 +35,8 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 
 #: Settings that may change between a run and its resumption without changing what it computes.
-RESUME_SAFE = frozenset({"resume", "overwrite", "stop_after", "save_every", "no_progress", "device", "out", "download"})
+RESUME_SAFE = frozenset({"resume", "overwrite", "stop_after", "max_minutes", "save_every", "no_progress", "device",
+                         "out", "download"})
 
 
 # How each kind of option is typed on the command line and validated in the config: (argparse type, check, words).
@@ -150,8 +151,10 @@ class TrainConfig:
     overwrite: bool = _option(False, "replace a previous run in --out (without it a fresh run there is refused)",
                               group="run")
     save_every: int = _option(10, "epochs between checkpoints", group="run", kind="positive_int")
-    stop_after: int | None = _option(None, "stop after this many epochs in total (for time-limited jobs; then "
-                                     "--resume)", group="run", kind="positive_int", optional=True, metavar="EPOCHS")
+    stop_after: int | None = _option(None, _cli.STOP_AFTER_HELP, group="run", kind="positive_int", optional=True,
+                                     metavar="EPOCHS")
+    max_minutes: float | None = _option(None, _cli.MAX_MINUTES_HELP, group="run", kind="positive", optional=True,
+                                        metavar="MINUTES")
     no_progress: bool = _option(False, "no progress bars or per-epoch lines (the final summary is still printed)",
                                 group="run")
 

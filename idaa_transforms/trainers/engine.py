@@ -40,7 +40,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from idaa_transforms import _files
+from idaa_transforms import _cli, _files
 from idaa_transforms._grids import decomposition_rows, save_image_rows
 from idaa_transforms._rng import rng_state, set_rng_state
 from idaa_transforms.attack import Adversary, call_without_buffer_updates
@@ -84,7 +84,7 @@ class EpochMetrics:
 class TrainResult:
     """What a run produced: final accuracies (in [0, 1]; ``None`` for a run stopped early), throughput, settings.
 
-    ``stopped_after`` is the number of epochs done when ``stop_after`` ended the run before ``epochs``; such a run
+    ``stopped_after`` is the number of epochs done when ``stop_after`` or a time limit ended the run before ``epochs``; such a run
     has no final evaluation and continues with ``resume=True``.
     """
 
@@ -250,19 +250,22 @@ class _Parts:
 def train(cfg: TrainConfig, *, deadline: float | None = None) -> TrainResult:
     """Train ``cfg.method`` on ``cfg.dataset``; the results are also written to ``<out>/results.json``.
 
-    Runs distributed when launched by ``torchrun``. With ``stop_after`` the run stops after that many epochs in
-    total (after writing a checkpoint) and returns the metrics so far without the final evaluation.
+    Runs distributed when launched by ``torchrun``. With ``stop_after`` the run stops after that many epochs of
+    this call, and with ``max_minutes`` between epochs when the next epoch, as long as the last one, would end past
+    that many minutes of this call. Either way it writes a checkpoint and returns the metrics so far without the
+    final evaluation; ``resume=True`` continues it.
 
     Args:
         cfg: the run's settings.
-        deadline: a ``time.time()`` by which to stop: the run stops between epochs (after writing a checkpoint)
-            when the next epoch, as long as the last one, would end past it; ``resume=True`` continues it.
+        deadline: a ``time.time()`` by which to stop, as ``max_minutes`` does (a harness's deadline for all its
+            runs); the earlier of the two applies.
 
     Raises:
         ValueError: ``out`` holds another run (without ``resume``/``overwrite``), is a file or is not writable; the
             checkpoint to resume from is unreadable or was made with settings that change the result; the batch does
             not fit the data or the processes.
     """
+    start = time.time()
     env = D.setup(cfg.device)
     try:
         out, ckpt = _start(cfg, env)
@@ -271,7 +274,9 @@ def train(cfg: TrainConfig, *, deadline: float | None = None) -> TrainResult:
         parts = _build(cfg, env, data.train_x.shape[0])
         start_epoch, metrics = _restore(cfg, env, parts, ckpt)
         grid_x = to_float_images(data.test_x[torch.linspace(0, data.test_x.shape[0] - 1, 8).long().to(env.device)])
-        last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
+        last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
+        limits = [t for t in (deadline, _cli.deadline_after(cfg.max_minutes, start)) if t is not None]
+        deadline = min(limits, default=None)
         for epoch in range(start_epoch, last_epoch):
             tic = time.time()
             metrics.append(_train_epoch(cfg, env, parts, data, epoch))
@@ -283,7 +288,7 @@ def train(cfg: TrainConfig, *, deadline: float | None = None) -> TrainResult:
                     shown = {k: (round(v, 4) if isinstance(v, float) else v)
                              for k, v in dataclasses.asdict(metrics[-1]).items()}
                     tqdm.write(json.dumps(shown))
-            if epoch + 1 < last_epoch and _past(env, deadline, 2 * time.time() - tic):
+            if epoch + 1 < last_epoch and _past(env, deadline, time.time() - tic):
                 last_epoch = epoch + 1
             if (epoch + 1) % cfg.save_every == 0 or epoch + 1 in (cfg.epochs, last_epoch):
                 _save(cfg, env, out / CHECKPOINT, parts, epoch + 1, metrics)
@@ -302,11 +307,12 @@ def train(cfg: TrainConfig, *, deadline: float | None = None) -> TrainResult:
         D.cleanup(env)
 
 
-def _past(env: D.DistEnv, deadline: float | None, when: float) -> bool:
-    """Whether ``when`` is past ``deadline``, as rank 0 sees it (every process takes the same decision)."""
+def _past(env: D.DistEnv, deadline: float | None, epoch_seconds: float) -> bool:
+    """Whether the next epoch, as long as the last one, would end past ``deadline``, as rank 0 sees it (every
+    process takes the same decision)."""
     if deadline is None:
         return False
-    decision = torch.tensor([float(when > deadline)], device=env.device)
+    decision = torch.tensor([float(_cli.next_epoch_passes(deadline, epoch_seconds))], device=env.device)
     if env.distributed:
         dist.broadcast(decision, src=0)
     return bool(decision.item())

@@ -17,10 +17,10 @@ def test_parser_takes_every_trainer_option_with_the_harness_defaults():
     parser = compare.build_parser()
     args = parser.parse_args(["--temperature", "0.2", "--attack-steps", "2", "--no-dual-bn", "--optimizer", "sgd",
                               "--dataset", "cifar10", "--data-dir", "data/cifar10", "--subset", "2000",
-                              "--variants", "baseline,idaa,eps0", "--stop-after", "30", "--resume"])
+                              "--variants", "baseline,idaa,eps0", "--max-minutes", "30", "--resume"])
     assert (args.temperature, args.attack_steps, args.dual_bn, args.optimizer) == (0.2, 2, False, "sgd")
     assert (args.dataset, args.data_dir, args.subset) == ("cifar10", "data/cifar10", 2000)
-    assert (args.stop_after_minutes, args.resume_runs) == (30.0, True)
+    assert (args.max_minutes, args.resume_runs) == (30.0, True)
     assert args.variants == [["baseline", "idaa", "eps0"]]
     defaults = parser.parse_args([])
     assert (defaults.dataset, defaults.epochs, defaults.batch_size, defaults.arch) == ("photos", 10, 128, None)
@@ -31,8 +31,8 @@ def test_parser_takes_every_trainer_option_with_the_harness_defaults():
 
 @pytest.mark.parametrize("argv, match", [(["--variants", "baseline,cutout"], "--variants: expected comma-separated"),
                                          (["--lr", "nan"], "--lr: expected a finite number > 0"),
-                                         (["--stop-after", "0"],
-                                          "--stop-after/--max-minutes: expected a finite number > 0"),
+                                         (["--max-minutes", "0"], "--max-minutes: expected a finite number > 0"),
+                                         (["--stop-after", "3"], "unrecognized arguments: --stop-after"),
                                          (["--seeds", "0", "0"], "expected distinct seeds"),
                                          (["--seed", "0"], "unrecognized arguments: --seed")])
 def test_bad_arguments_are_one_line_errors(argv, match, capsys):
@@ -78,12 +78,18 @@ def test_compare_end_to_end(tmp_path, capsys):
     assert "calibration.json was made with other settings" in capsys.readouterr().err
 
 
-def test_stop_after_then_resume_accumulates_in_one_report(tmp_path, capsys):
+def test_max_minutes_then_resume_accumulates_in_one_report(tmp_path, capsys):
     argv = [*TINY, "--variants", "baseline", "--no-equal-time", "--no-anchors", "--out", str(tmp_path)]
-    stopped = compare.main([*argv, "--stop-after", "0.0001"])  # time is up before the first run starts
+    stopped = compare.main([*argv, "--max-minutes", "0.0001"])  # time is up before the first run starts
     assert stopped["not_started"] == ["baseline-e1-s0", "baseline-e1-s1"] and stopped["runs"] == []
     assert "not started" in (tmp_path / "report.md").read_text()
     assert "2 run(s) left for --resume" in capsys.readouterr().out
     finished = compare.main([*argv, "--resume"])
     assert [r["seed"] for r in finished["runs"]] == [0, 1] and not finished["not_started"]
-    assert "| baseline (two views) | 1 | 2 |" in (tmp_path / "report.md").read_text()
+    text = (tmp_path / "report.md").read_text()
+    assert "| baseline (two views) | 1 | 2 |" in text
+    # Both calls are on record: the report names the earlier one, the JSON lines keep both.
+    assert "earlier calls into this folder, oldest first (1):" in text and "--max-minutes 0.0001" in text
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert [c["command"].endswith("--resume") for c in calls] == [False, True]
+    assert finished["context"]["earlier_calls"] == calls[:1]

@@ -83,6 +83,21 @@ def test_resume_continues_exactly(tmp_path, tiny_vae_dir):
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 2 * (80 // 32)
 
 
+def test_stop_after_counts_the_epochs_of_each_call(tmp_path):
+    first = train(tiny(tmp_path, idaa=False, epochs=3, stop_after=1))
+    second = train(tiny(tmp_path, idaa=False, epochs=3, stop_after=1, resume=True))  # the same command again
+    assert (first.stopped_after, second.stopped_after) == (1, 2)
+    last = train(tiny(tmp_path, idaa=False, epochs=3, stop_after=5, resume=True))
+    assert last.finished and [m.epoch for m in last.metrics] == [1, 2, 3]
+
+
+def test_max_minutes_stops_between_epochs_and_resume_finishes(tmp_path):
+    stopped = train(tiny(tmp_path, idaa=False, epochs=3, max_minutes=1e-6))  # no second epoch fits
+    assert stopped.stopped_after == 1 and not (tmp_path / "results.json").exists()
+    finished = train(tiny(tmp_path, idaa=False, epochs=3, resume=True))
+    assert finished.finished and [m.epoch for m in finished.metrics] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("change", [dict(eps=0.2), dict(epochs=3), dict(data_dir="elsewhere"), dict(subset=40)])
 def test_resume_refuses_settings_that_change_the_result(tmp_path, change):
     train(tiny(tmp_path, idaa=False, epochs=2, stop_after=1))
