@@ -91,7 +91,9 @@ def load_torch_state(path: str | Path, map_location: Any = "cpu", *, required: I
     """
     path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a foreign file's pickle protocol: the error below says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "weights_only" in first or "Unsupported global" in first or isinstance(err, pickle.UnpicklingError):
