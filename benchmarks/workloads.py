@@ -20,7 +20,7 @@ configuration (VAE, image size, batch size, precision, compilation), on the same
     ``e_step_idaa``      the same plus ``IDAA(v1, anchor=z1.detach())``, a forward of ``x_adv`` through the
                          adversarial BatchNorms and the backward of the combined loss.
 
-``trainer``: the reference trainer's step against the model's own cost (issue 11), at one configuration:
+``trainer``: the reference trainer's step against the model's own cost, at one configuration:
 
 ``model_only``     ResNet-18 (or the small CNN) forward and backward on two ready-made views, the loss, the
                    optimiser step: the limit;
@@ -29,6 +29,10 @@ configuration (VAE, image size, batch size, precision, compilation), on the same
 ``plain_step_kornia``  the same with the kornia views (the trainer before the fast views);
 ``views_fast``, ``views_kornia``  the two views of the batch alone, with each backend;
 ``idaa_step``      the trainer's IDAA step (``model.adversarial_view``, the adversarial forward, the combined loss);
+``model_only_3views``  the IDAA step's model work on three ready-made views (two views and a ready ``x_adv``), no
+                   attack;
+``attack_only``    ``model.adversarial_view`` alone, with the anchor the step has already computed: with
+                   ``model_only_3views`` and the views, the IDAA step's own limit (``idaa_limit``);
 and, timed as whole epochs over ``epoch_images`` images: the baseline (``plain_step``), the IDAA step, and the
 usual alternative, the same model step fed by torchvision transforms v2 on CPU ``DataLoader`` workers.
 
@@ -79,7 +83,8 @@ __all__ = [
 
 PART_KEYS = ("c1_encode", "c2_decode_fwd_bwd", "c3_encoder_fwd_bwd", "c4_step_decode")
 RATIO_KEYS = ("b/c", "b_no_anchor/c", "b/d", "e_idaa/e_plain")
-TRAINER_KEYS = ("model_only", "plain_step", "plain_step_kornia", "views_fast", "views_kornia", "idaa_step")
+TRAINER_KEYS = ("model_only", "plain_step", "plain_step_kornia", "views_fast", "views_kornia", "idaa_step",
+                "model_only_3views", "attack_only")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("none", "transform", "modules")
 
@@ -125,7 +130,7 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class TrainerBenchConfig:
-    """The ``trainer`` suite's configuration (issue 11: CUDA, ResNet-18, 32 px, batch 512, bf16, channels_last).
+    """The ``trainer`` suite's configuration (the reference: CUDA, ResNet-18, 32 px, batch 512, bf16, channels_last).
 
     Args:
         device, arch, vae, image_size, batch_size, repeats, warmup, eps, seed: as in :class:`BenchConfig`.
@@ -374,12 +379,14 @@ def build_trainer_workloads(cfg: TrainerBenchConfig) -> tuple[Workloads, dict[st
             v1, v2 = views[backend](x), views[backend](x)
         return v1.contiguous(memory_format=memory_format), v2.contiguous(memory_format=memory_format)
 
-    def model_step(v1: Tensor, v2: Tensor, adversarial: bool) -> Tensor:
+    def model_step(v1: Tensor, v2: Tensor, adversarial: bool, x_adv: Tensor | None = None) -> Tensor:
+        """One training step; with ``x_adv`` given, the IDAA loss on that ready-made third view (no attack)."""
         with amp:
             out1, out2 = model(v1), model(v2)
             loss = model.pair_loss(out1, out2)
-            if adversarial:
-                x_adv = model.adversarial_view(idaa, v1, out1)
+            if adversarial or x_adv is not None:
+                if x_adv is None:
+                    x_adv = model.adversarial_view(idaa, v1, out1)
                 with adversarial_bn(True):
                     out_adv = model(x_adv)
                 loss = loss + model.pair_loss(out1, out_adv)
@@ -389,9 +396,18 @@ def build_trainer_workloads(cfg: TrainerBenchConfig) -> tuple[Workloads, dict[st
         return loss.detach()
 
     ready = make_views(batch)
+    with torch.no_grad(), amp:
+        ready_out = model(ready[0])  # the anchor the step computes anyway, for the attack alone
+    ready_adv = model.adversarial_view(idaa, ready[0], ready_out)
+
+    def attack_only() -> Tensor:
+        with amp:
+            return model.adversarial_view(idaa, ready[0], ready_out)
 
     fns: dict[str, Callable[[], Any]] = {
         "model_only": lambda: model_step(*ready, adversarial=False),
+        "model_only_3views": lambda: model_step(*ready, adversarial=False, x_adv=ready_adv),
+        "attack_only": attack_only,
         "plain_step": lambda: model_step(*make_views(batch), adversarial=False),
         "plain_step_kornia": lambda: model_step(*make_views(batch, "kornia"), adversarial=False),
         "views_fast": lambda: make_views(batch),
@@ -519,6 +535,11 @@ def run_trainer(cfg: TrainerBenchConfig, clock: str = "wall") -> dict[str, Any]:
             "views_kornia/plain_step": times["views_kornia"] / times["plain_step"],
             "views_kornia/views_fast": times["views_kornia"] / times["views_fast"],
             "idaa_step/plain_step": times["idaa_step"] / times["plain_step"],
+            # The IDAA step's own limit: its model work on three ready views, plus the attack alone, plus the views.
+            "idaa_limit/plain_step": (times["model_only_3views"] + times["attack_only"] + times["views_fast"])
+            / times["plain_step"],
+            "idaa_step/idaa_limit": times["idaa_step"]
+            / (times["model_only_3views"] + times["attack_only"] + times["views_fast"]),
         },
         "images_per_s_from_medians": {k: b / times[k] for k in ("model_only", "plain_step", "idaa_step")},
         "memory": measure_memory({k: work.fns[k] for k in ("plain_step", "idaa_step")}, device) or "n/a (CPU)",

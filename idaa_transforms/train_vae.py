@@ -45,7 +45,7 @@ from idaa_transforms._grids import decomposition_rows, save_image_rows
 from idaa_transforms._hub import write_model_card
 from idaa_transforms._rng import rng_state, set_rng_state
 from idaa_transforms.data import DATASETS, EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS, batches, load_images, \
-    photo_crops, to_float_images, to_uint8_images
+    memory_format_for, photo_crops, to_float_images, to_uint8_images
 from idaa_transforms.vae import IdentityVAE, VAEConfig, vae_loss
 from idaa_transforms.views import simclr_views
 
@@ -362,7 +362,8 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
     train_images, held_images = train_images.to(device), held_images.to(device)
     config = VAEConfig(image_size=args.image_size, width=args.width, latent_dim=args.latent_dim,
                        num_downsamplings=args.num_downsamplings)
-    vae = IdentityVAE(config).to(device)
+    memory_format = memory_format_for(device)
+    vae = IdentityVAE(config).to(device, memory_format=memory_format)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=BETAS, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1 - epoch / args.epochs)
     start_epoch, seconds, images_seen, rows = 0, 0.0, 0, []
@@ -388,7 +389,7 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
         bar = tqdm(data, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.no_progress, leave=False,
                    total=train_images.shape[0] // args.batch_size)
         for images, _ in bar:
-            x = (views(images) - mean) / std
+            x = ((views(images) - mean) / std).contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
                 out_vae = vae(x)
                 loss = vae_loss(x, out_vae.reconstruction.float(), out_vae.mu.float(), out_vae.logvar.float(),

@@ -124,6 +124,19 @@ def test_stop_after_then_resume_finishes_the_schedule(tmp_path):
     assert epochs_logged(out) == [1, 2, 3] and "epochs: 3 of 3" in (out / "README.md").read_text()
 
 
+def test_channels_last_as_on_cuda_trains_and_saves_the_same_model(tmp_path, monkeypatch):
+    import idaa_transforms.train_vae as module
+
+    run([*TINY, "--epochs", "1", "--out", str(tmp_path / "contiguous")])
+    monkeypatch.setattr(module, "memory_format_for", lambda device: torch.channels_last)
+    run([*TINY, "--epochs", "1", "--out", str(tmp_path / "channels_last")])
+    losses = [json.loads((tmp_path / r / "metrics.jsonl").read_text())["loss"] for r in ("contiguous", "channels_last")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    state = torch.load(tmp_path / "channels_last" / "trainer_state.pt", weights_only=True)["model"]
+    assert any(v.dim() == 4 and not v.is_contiguous() for v in state.values())  # it did train in channels_last
+    IdentityVAE.from_pretrained(tmp_path / "channels_last")  # the saved folder loads
+
+
 def test_max_minutes_stops_between_epochs_then_resume_finishes(tmp_path):
     out = tmp_path / "vae"
     run([*TINY, "--epochs", "3", "--max-minutes", "1e-6", "--out", str(out)])  # no second epoch fits

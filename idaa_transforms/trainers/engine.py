@@ -45,7 +45,7 @@ from idaa_transforms._grids import decomposition_rows, save_image_rows
 from idaa_transforms._rng import rng_state, set_rng_state
 from idaa_transforms.attack import Adversary, call_without_buffer_updates
 from idaa_transforms.bn import adversarial_bn, convert_to_dual_bn
-from idaa_transforms.data import class_balanced_subset, load_images, to_float_images
+from idaa_transforms.data import class_balanced_subset, load_images, memory_format_for, to_float_images
 from idaa_transforms.pixel_fgsm import PixelFGSM
 from idaa_transforms.trainers import distributed as D
 from idaa_transforms.views import simclr_views
@@ -245,6 +245,7 @@ class _Parts:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     views: nn.Module
     steps_per_epoch: int
+    memory_format: torch.memory_format = torch.contiguous_format
 
 
 def train(cfg: TrainConfig, *, deadline: float | None = None) -> TrainResult:
@@ -375,15 +376,19 @@ def _build(cfg: TrainConfig, env: D.DistEnv, n: int) -> _Parts:
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size: {cfg.batch_size} is larger than the training set ({n} images); "
                          f"use a smaller --batch-size.")
-    model = build_model(cfg).to(env.device)
+    memory_format = memory_format_for(env.device)
+    model = build_model(cfg).to(env.device, memory_format=memory_format)
     torch.manual_seed(cfg.seed * 1000 + env.rank)  # then a random stream (views) per process
     adversary = build_adversary(cfg, model, env.device)
+    if isinstance(adversary, nn.Module):
+        adversary.to(memory_format=memory_format)  # the VAE's convolutions, as the encoder's
     net: nn.Module = model
     if env.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
     optimizer = _optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, steps_per_epoch))
-    return _Parts(model, net, adversary, optimizer, scheduler, simclr_views(cfg.image_size), steps_per_epoch)
+    return _Parts(model, net, adversary, optimizer, scheduler, simclr_views(cfg.image_size), steps_per_epoch,
+                  memory_format)
 
 
 def _restore(cfg: TrainConfig, env: D.DistEnv, parts: _Parts,
@@ -419,7 +424,8 @@ def _train_epoch(cfg: TrainConfig, env: D.DistEnv, parts: _Parts, data: _Data, e
     for step, index in enumerate(batches):
         x = to_float_images(data.train_x[index.to(device, non_blocking=True)])
         with torch.no_grad():
-            v1, v2 = parts.views(x), parts.views(x)
+            v1 = parts.views(x).contiguous(memory_format=parts.memory_format)
+            v2 = parts.views(x).contiguous(memory_format=parts.memory_format)
         with amp:
             out1, out2 = net(v1), net(v2)
             loss_clean = model.pair_loss(out1, out2)

@@ -61,6 +61,19 @@ def test_byol_idaa_run(tmp_path, tiny_vae_dir):
     assert -4 <= result.metrics[0].loss_clean <= 4 and result.metrics[0].loss_adv is not None
 
 
+def test_channels_last_as_on_cuda_trains_the_same_run(tmp_path, tiny_vae_dir, monkeypatch):
+    from idaa_transforms.trainers import engine
+
+    cfg = dict(epochs=1, knn_k=10, vae=tiny_vae_dir, probe_steps=5)
+    contiguous = train(tiny(tmp_path / "contiguous", **cfg))
+    monkeypatch.setattr(engine, "memory_format_for", lambda device: torch.channels_last)
+    channels_last = train(tiny(tmp_path / "channels_last", **cfg))
+    assert channels_last.final_loss == pytest.approx(contiguous.final_loss, rel=1e-4)
+    state = torch.load(tmp_path / "channels_last" / "checkpoint.pt", weights_only=True)["model"]
+    assert any(v.dim() == 4 and v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous()
+               for v in state.values())
+
+
 def test_pixel_fgsm_run_writes_a_three_row_grid(tmp_path):
     from PIL import Image
 
