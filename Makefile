@@ -29,7 +29,7 @@ bench-trainer-cpu:
 	$(PYTHON) benchmarks/bench.py --suite trainer --device cpu --arch small_cnn --batch-sizes 256 --image-sizes 32 \
 		--repeats 15 --threads 1 --clock cpu --profile --out $(OUT)/cpu-trainer-profile
 
-## Issue 11 on a GPU in one command (expected 2-3 minutes on an H100; the timeouts cap it at 6): CIFAR ResNet-18,
+## The trainer's step on a GPU in one command (expected 2-3 minutes on an H100; the timeouts cap it at 6): CIFAR ResNet-18,
 ## 32 px, batch 512, bf16, channels_last: model-only, plain and IDAA steps, the views (fast and kornia), 50,000-image
 ## epochs of the baseline, IDAA and torchvision v2 on 16 DataLoader workers; the views' stage-by-stage times and
 ## profile; the synchronisation check of the transform and of the trainer's step.

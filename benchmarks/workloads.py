@@ -379,12 +379,12 @@ def build_trainer_workloads(cfg: TrainerBenchConfig) -> tuple[Workloads, dict[st
             v1, v2 = views[backend](x), views[backend](x)
         return v1.contiguous(memory_format=memory_format), v2.contiguous(memory_format=memory_format)
 
-    def model_step(v1: Tensor, v2: Tensor, adversarial: bool, x_adv: Tensor | None = None) -> Tensor:
-        """One training step; with ``x_adv`` given, the IDAA loss on that ready-made third view (no attack)."""
+    def model_step(v1: Tensor, v2: Tensor, attack: bool, x_adv: Tensor | None = None) -> Tensor:
+        """One training step: plain, IDAA (``attack``), or the IDAA loss on a ready-made third view ``x_adv``."""
         with amp:
             out1, out2 = model(v1), model(v2)
             loss = model.pair_loss(out1, out2)
-            if adversarial or x_adv is not None:
+            if attack or x_adv is not None:
                 if x_adv is None:
                     x_adv = model.adversarial_view(idaa, v1, out1)
                 with adversarial_bn(True):
@@ -398,26 +398,27 @@ def build_trainer_workloads(cfg: TrainerBenchConfig) -> tuple[Workloads, dict[st
     ready = make_views(batch)
     with torch.no_grad(), amp:
         ready_out = model(ready[0])  # the anchor the step computes anyway, for the attack alone
-    ready_adv = model.adversarial_view(idaa, ready[0], ready_out)
+    with amp:
+        ready_adv = model.adversarial_view(idaa, ready[0], ready_out)
 
     def attack_only() -> Tensor:
         with amp:
             return model.adversarial_view(idaa, ready[0], ready_out)
 
     fns: dict[str, Callable[[], Any]] = {
-        "model_only": lambda: model_step(*ready, adversarial=False),
-        "model_only_3views": lambda: model_step(*ready, adversarial=False, x_adv=ready_adv),
+        "model_only": lambda: model_step(*ready, attack=False),
+        "model_only_3views": lambda: model_step(*ready, attack=False, x_adv=ready_adv),
         "attack_only": attack_only,
-        "plain_step": lambda: model_step(*make_views(batch), adversarial=False),
-        "plain_step_kornia": lambda: model_step(*make_views(batch, "kornia"), adversarial=False),
+        "plain_step": lambda: model_step(*make_views(batch), attack=False),
+        "plain_step_kornia": lambda: model_step(*make_views(batch, "kornia"), attack=False),
         "views_fast": lambda: make_views(batch),
         "views_kornia": lambda: make_views(batch, "kornia"),
-        "idaa_step": lambda: model_step(*make_views(batch), adversarial=True),
+        "idaa_step": lambda: model_step(*make_views(batch), attack=True),
     }
     steps: dict[str, Callable[[Tensor], Any]] = {
-        "baseline": lambda x: model_step(*make_views(x), adversarial=False),
-        "idaa": lambda x: model_step(*make_views(x), adversarial=True),
-        "model_fed": lambda v: model_step(*v, adversarial=False),  # ``v``: two views from the loader
+        "baseline": lambda x: model_step(*make_views(x), attack=False),
+        "idaa": lambda x: model_step(*make_views(x), attack=True),
+        "model_fed": lambda v: model_step(*v, attack=False),  # ``v``: two views from the loader
     }
     meta = {
         "encoder_params_M": round(sum(p.numel() for p in model.encoder.parameters()) / 1e6, 3),
@@ -535,6 +536,7 @@ def run_trainer(cfg: TrainerBenchConfig, clock: str = "wall") -> dict[str, Any]:
             "views_kornia/plain_step": times["views_kornia"] / times["plain_step"],
             "views_kornia/views_fast": times["views_kornia"] / times["views_fast"],
             "idaa_step/plain_step": times["idaa_step"] / times["plain_step"],
+            "model_only_3views/model_only": times["model_only_3views"] / times["model_only"],
             # The IDAA step's own limit: its model work on three ready views, plus the attack alone, plus the views.
             "idaa_limit/plain_step": (times["model_only_3views"] + times["attack_only"] + times["views_fast"])
             / times["plain_step"],

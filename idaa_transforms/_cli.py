@@ -12,7 +12,7 @@ import torch
 
 __all__ = ["HelpFormatter", "DEVICE_TYPES", "device_name", "positive_int", "non_negative_int", "positive_float",
            "non_negative_float", "finite_float", "STOP_AFTER_HELP", "MAX_MINUTES_HELP", "deadline_after",
-           "next_epoch_passes"]
+           "next_epoch_would_overrun"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -95,8 +95,9 @@ def finite_float(text: str) -> float:
 STOP_AFTER_HELP = ("stop after this many epochs of this call, with a checkpoint; the same command with --resume "
                    "continues")
 #: ``--max-minutes``: the same words and meaning in every program that trains.
-MAX_MINUTES_HELP = ("stop between epochs, with a checkpoint, when the next epoch (as long as the last one) would end "
-                    "past this many minutes of this call; the same command with --resume continues")
+MAX_MINUTES_HELP = ("stop between epochs, with a checkpoint, when the next epoch (as long as the longest so far) "
+                    "would end past this many minutes of this call; the first epoch always runs and the final "
+                    "evaluation comes on top; the same command with --resume continues")
 
 
 def deadline_after(minutes: float | None, start: float | None = None) -> float | None:
@@ -111,11 +112,12 @@ def deadline_after(minutes: float | None, start: float | None = None) -> float |
     return (time.time() if start is None else start) + 60.0 * minutes
 
 
-def next_epoch_passes(deadline: float | None, epoch_seconds: float) -> bool:
-    """Whether an epoch as long as the last one (``epoch_seconds``), started now, would end past ``deadline``.
+def next_epoch_would_overrun(deadline: float | None, epoch_seconds: float) -> bool:
+    """Whether an epoch of ``epoch_seconds`` (the longest of this call so far), started now, would end past
+    ``deadline``.
 
     Example:
-        >>> next_epoch_passes(None, 1e9), next_epoch_passes(time.time() + 60, 1.0)
+        >>> next_epoch_would_overrun(None, 1e9), next_epoch_would_overrun(time.time() + 60, 1.0)
         (False, False)
     """
     return deadline is not None and time.time() + epoch_seconds > deadline

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from idaa_transforms._cli import (MAX_MINUTES_HELP, STOP_AFTER_HELP, HelpFormatter, deadline_after, device_name,
-                                  next_epoch_passes, non_negative_float, positive_float, positive_int)
+                                  next_epoch_would_overrun, non_negative_float, positive_float, positive_int)
 from idaa_transforms._files import (atomic_torch_save, atomic_write_jsonl, atomic_write_text,
                                     changed_settings,
                                     load_torch_state, prepare_run_dir)
@@ -380,6 +380,7 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
     # The metrics file is the checkpoint's copy: epochs logged after the last checkpoint are run (and logged) again.
     atomic_write_jsonl(out / METRICS, rows)
     last_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
+    longest = 0.0  # the longest epoch of this call, for --max-minutes
     for epoch in range(start_epoch, last_epoch):
         vae.train()
         started = time.perf_counter()
@@ -414,7 +415,8 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
         atomic_write_jsonl(out / METRICS, rows)
         if not args.no_progress:
             tqdm.write(f"epoch {epoch + 1}: loss {epoch_loss:.4f}  held-out PSNR {held['psnr']:.2f} dB")
-        if epoch + 1 < last_epoch and next_epoch_passes(deadline, time.perf_counter() - started):
+        longest = max(longest, time.perf_counter() - started)
+        if epoch + 1 < last_epoch and next_epoch_would_overrun(deadline, longest):
             last_epoch = epoch + 1
         if epoch + 1 == last_epoch or (epoch + 1) % args.save_every == 0:
             atomic_torch_save({"model": vae.state_dict(), "config": config.to_dict(), "settings": _settings(args),

@@ -120,6 +120,7 @@ def test_stop_after_then_resume_finishes_the_schedule(tmp_path):
     run([*TINY, "--epochs", "3", "--stop-after", "1", "--out", str(out)])
     assert epochs_logged(out) == [1] and "epochs: 1 of 3" in (out / "README.md").read_text()
     run([*TINY, "--epochs", "3", "--stop-after", "1", "--out", str(out), "--resume"])
+    assert epochs_logged(out) == [1, 2]  # epochs of each call, not in total
     run([*TINY, "--epochs", "3", "--out", str(out), "--resume"])
     assert epochs_logged(out) == [1, 2, 3] and "epochs: 3 of 3" in (out / "README.md").read_text()
 

@@ -32,7 +32,7 @@ Runs go to ``<out>/<variant>-e<epochs>-s<seed>`` (:mod:`~idaa_transforms.experim
 read, not retrained; ``--max-minutes MINUTES`` stops cleanly between runs or between the epochs of a run, leaving
 checkpoints, and ``--resume`` continues them. The report (in ``--report-dir``, default ``--out``: ``report.md``,
 ``compare.json``, ``knn_curves.png``, ``views_grid.png``) is rewritten after every run, so it always holds every
-finished run, says how many seeds and epochs each number has, and lists every call that added runs to it
+finished run, says how many seeds and epochs each number has, and lists every call that wrote it
 (``<out>/calls.jsonl``).
 """
 
@@ -61,7 +61,7 @@ from idaa_transforms.trainers.config import TrainConfig, add_train_arguments, co
 
 __all__ = ["HARNESS_DEFAULTS", "build_parser", "main"]
 
-#: Every call into ``--out``, one JSON line each (command, date, machine): the report lists them all.
+#: Every call that wrote the report of ``--out``, one JSON line each (command, date, machine): the report lists them.
 CALLS = "calls.jsonl"
 #: The harness's own defaults for trainer options (everything else keeps TrainConfig's).
 HARNESS_DEFAULTS = {"dataset": "photos", "epochs": 10, "batch_size": 128, "arch": None}
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-equal-time", dest="equal_time", action="store_false",
                    help="skip the equal wall-clock time runs")
     g.add_argument("--max-minutes", type=_cli.positive_float, default=None, metavar="MINUTES",
-                   help=_cli.MAX_MINUTES_HELP + "; no run starts after that")
+                   help=_cli.MAX_MINUTES_HELP + "; after the limit no new run starts")
     g.add_argument("--resume", dest="resume_runs", action="store_true",
                    help="continue runs that an earlier call left unfinished")
     g.add_argument("--no-anchors", dest="anchors", action="store_false",
@@ -145,8 +145,7 @@ def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, varia
     call = {"command": "python -m idaa_transforms.experiments.compare " + shlex.join(argv),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": describe_machine(base.device)}
-    earlier = _files.read_jsonl(out / CALLS)
-    _files.atomic_write_jsonl(out / CALLS, [*earlier, call])
+    earlier = _files.read_jsonl(out / CALLS)  # the calls that wrote this report before
     context = ReportContext(**call, data=check_no_leak(base.dataset, base.vae), earlier_calls=earlier)
     print(context.data, flush=True)
     calibration = _calibration(base, args.calibration_images, out, report_dir)
@@ -154,8 +153,13 @@ def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, varia
     anchors = Anchors(_random_init_knn(base, out) if args.anchors else None, published_anchors(base.dataset))
     scheduler = Scheduler(base, out, calibration.pixel_eps, resume=args.resume_runs, deadline=deadline)
     plan: dict[str, int] | None = None
+    on_record = False  # this call goes into calls.jsonl when it first writes the report (one refused before: not)
 
     def write() -> dict[str, Any]:
+        nonlocal on_record
+        if not on_record:
+            _files.atomic_write_jsonl(out / CALLS, [*earlier, call])
+            on_record = True
         equal_epochs = {v: _runs(scheduler.records, v, args.epochs, args.seeds) for v in variants}
         equal_time = None
         if plan:

@@ -33,7 +33,7 @@ SIGNIFICANCE = 0.05
 @dataclass
 class ReportContext:
     """Where and how the comparison ran: the command, the date, the machine and the data of this call, and the
-    earlier calls whose runs the report also holds (``{"command", "date", "machine"}`` each, oldest first)."""
+    earlier calls that wrote the report, whose runs it also holds (``{"command", "date", "machine"}`` each, oldest first)."""
 
     command: str
     date: str
@@ -173,10 +173,10 @@ def _anchor_lines(anchors: Anchors, baseline: list[RunRecord], base: TrainConfig
 
 
 def _earlier_call_lines(calls: Sequence[dict[str, str]]) -> list[str]:
-    """The earlier calls into the same folder (runs they finished are in the tables too), oldest first."""
+    """The earlier calls that wrote this report (runs they finished are in the tables too), oldest first."""
     if not calls:
         return []
-    return [f"- earlier calls into this folder, oldest first ({len(calls)}):",
+    return [f"- earlier calls that wrote this report, oldest first ({len(calls)}):",
             *(f"  - `{c['command']}` ({c['date']}, {c['machine']})" for c in calls)]
 
 

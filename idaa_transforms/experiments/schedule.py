@@ -98,7 +98,7 @@ def variant_config(base: TrainConfig, spec: RunSpec, pixel_eps: float | None, ou
         raise ValueError("pixel_fgsm: needs the calibrated pixel_eps.")
     return dataclasses.replace(base, seed=spec.seed, epochs=spec.epochs, out=str(out / spec.name),
                                save_every=max(1, min(base.save_every, spec.epochs)), resume=False, overwrite=False,
-                               stop_after=None, no_progress=True, **options[spec.variant])
+                               stop_after=None, max_minutes=None, no_progress=True, **options[spec.variant])
 
 
 def equal_time_epochs(epochs: int, baseline_sec_per_epoch: float, variant_sec_per_epoch: float) -> int:

@@ -252,8 +252,8 @@ def train(cfg: TrainConfig, *, deadline: float | None = None) -> TrainResult:
     """Train ``cfg.method`` on ``cfg.dataset``; the results are also written to ``<out>/results.json``.
 
     Runs distributed when launched by ``torchrun``. With ``stop_after`` the run stops after that many epochs of
-    this call, and with ``max_minutes`` between epochs when the next epoch, as long as the last one, would end past
-    that many minutes of this call. Either way it writes a checkpoint and returns the metrics so far without the
+    this call, and with ``max_minutes`` between epochs when the next epoch, as long as the longest so far, would end
+    past that many minutes of this call. Either way it writes a checkpoint and returns the metrics so far without the
     final evaluation; ``resume=True`` continues it.
 
     Args:
@@ -278,6 +278,7 @@ def train(cfg: TrainConfig, *, deadline: float | None = None) -> TrainResult:
         last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
         limits = [t for t in (deadline, _cli.deadline_after(cfg.max_minutes, start)) if t is not None]
         deadline = min(limits, default=None)
+        longest = 0.0
         for epoch in range(start_epoch, last_epoch):
             tic = time.time()
             metrics.append(_train_epoch(cfg, env, parts, data, epoch))
@@ -289,7 +290,8 @@ def train(cfg: TrainConfig, *, deadline: float | None = None) -> TrainResult:
                     shown = {k: (round(v, 4) if isinstance(v, float) else v)
                              for k, v in dataclasses.asdict(metrics[-1]).items()}
                     tqdm.write(json.dumps(shown))
-            if epoch + 1 < last_epoch and _past(env, deadline, time.time() - tic):
+            longest = max(longest, time.time() - tic)
+            if epoch + 1 < last_epoch and _stop_before_next_epoch(env, deadline, longest):
                 last_epoch = epoch + 1
             if (epoch + 1) % cfg.save_every == 0 or epoch + 1 in (cfg.epochs, last_epoch):
                 _save(cfg, env, out / CHECKPOINT, parts, epoch + 1, metrics)
@@ -308,12 +310,12 @@ def train(cfg: TrainConfig, *, deadline: float | None = None) -> TrainResult:
         D.cleanup(env)
 
 
-def _past(env: D.DistEnv, deadline: float | None, epoch_seconds: float) -> bool:
-    """Whether the next epoch, as long as the last one, would end past ``deadline``, as rank 0 sees it (every
+def _stop_before_next_epoch(env: D.DistEnv, deadline: float | None, epoch_seconds: float) -> bool:
+    """Whether the next epoch, as long as ``epoch_seconds``, would end past ``deadline``, as rank 0 sees it (every
     process takes the same decision)."""
     if deadline is None:
         return False
-    decision = torch.tensor([float(_cli.next_epoch_passes(deadline, epoch_seconds))], device=env.device)
+    decision = torch.tensor([float(_cli.next_epoch_would_overrun(deadline, epoch_seconds))], device=env.device)
     if env.distributed:
         dist.broadcast(decision, src=0)
     return bool(decision.item())

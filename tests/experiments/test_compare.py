@@ -76,6 +76,8 @@ def test_compare_end_to_end(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare.main([*argv, "--eps", "0.2"])
     assert "calibration.json was made with other settings" in capsys.readouterr().err
+    calls = (tmp_path / "runs" / "calls.jsonl").read_text().splitlines()
+    assert len(calls) == 2 and "--eps" not in calls[-1]  # the refused call wrote no report, so it is not on record
 
 
 def test_max_minutes_then_resume_accumulates_in_one_report(tmp_path, capsys):
@@ -89,7 +91,7 @@ def test_max_minutes_then_resume_accumulates_in_one_report(tmp_path, capsys):
     text = (tmp_path / "report.md").read_text()
     assert "| baseline (two views) | 1 | 2 |" in text
     # Both calls are on record: the report names the earlier one, the JSON lines keep both.
-    assert "earlier calls into this folder, oldest first (1):" in text and "--max-minutes 0.0001" in text
+    assert "earlier calls that wrote this report, oldest first (1):" in text and "--max-minutes 0.0001" in text
     calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
     assert [c["command"].endswith("--resume") for c in calls] == [False, True]
     assert finished["context"]["earlier_calls"] == calls[:1]
