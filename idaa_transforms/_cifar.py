@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -20,7 +22,9 @@ from torch import Tensor
 
 from idaa_transforms._image_folders import class_folders, load_image_folder
 
-__all__ = ["CIFAR10_CLASSES", "CIFAR100_CLASSES", "load_cifar"]
+__all__ = ["CIFAR10_CLASSES", "CIFAR100_CLASSES", "load_cifar", "torchvision_download"]
+
+T = TypeVar("T")
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR100_CLASSES = (
@@ -108,7 +112,8 @@ def load_cifar(name: str, root: str | Path, *, train: bool, download: bool = Fal
                                     f"Point --data-dir at it, or pass --download to fetch it with torchvision.")
         from torchvision import datasets
 
-        (datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100)(str(root), train=train, download=True)
+        dataset = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+        torchvision_download(name, root, lambda: dataset(str(root), train=train, download=True))
     files = train_files if train else test_files
     missing = [f for f in files if not (batch_dir / f).is_file()]
     if missing:
@@ -117,3 +122,14 @@ def load_cifar(name: str, root: str | Path, *, train: bool, download: bool = Fal
     images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
     return images, labels
+
+
+def torchvision_download(name: str, root: Path, job: Callable[[], T]) -> T:
+    """``job()``, a torchvision data set built with ``download=True``; a failed download (no network, a refused or
+    corrupted file) becomes a one-line :class:`FileNotFoundError` instead of torchvision's traceback."""
+    try:
+        return job()
+    except (OSError, RuntimeError) as err:
+        reason = str(getattr(err, "reason", "") or err).splitlines()[0] if str(err) else type(err).__name__
+        raise FileNotFoundError(f"{name}: no local copy in {root}, and torchvision could not download it ({reason}); "
+                                f"put a copy there (see --data-dir) and run without --download.") from None

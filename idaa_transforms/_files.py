@@ -98,6 +98,8 @@ def load_torch_state(path: str | Path, map_location: Any = "cpu", *, required: I
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "weights_only" in first or "Unsupported global" in first or isinstance(err, pickle.UnpicklingError):
             first = "it holds Python objects other than tensors and plain data, which are never unpickled here"
+        elif isinstance(err, KeyError):  # torch's legacy reader on arbitrary bytes: the key is a meaningless number
+            first = "it is not a file written by torch.save"
         raise ValueError(f"{path} is not a readable training state ({first[:160]}); "
                          f"delete it and start again without --resume, or point to another folder.") from None
     lacking = [key for key in required if not isinstance(state, dict) or key not in state]

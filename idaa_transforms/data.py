@@ -211,11 +211,14 @@ def _load_imagefolder(root: Path, *, train: bool, image_size: int) -> tuple[Tens
 def _load_stl10(root: Path, *, train: bool, download: bool, image_size: int) -> tuple[Tensor, Tensor]:
     from torchvision import datasets
 
+    from idaa_transforms._cifar import torchvision_download
+
     folder = root / "stl10_binary"
     if not folder.is_dir() and not download:
         raise FileNotFoundError(f"stl10: no local copy in {root}; expected torchvision's layout ({folder}/). "
                                 f"Point --data-dir at it, or pass --download to fetch it with torchvision.")
-    ds = datasets.STL10(str(root), split="train" if train else "test", download=download)
+    ds = torchvision_download("stl10", root, lambda: datasets.STL10(str(root), split="train" if train else "test",
+                                                                     download=download))
     images = torch.from_numpy(ds.data)  # (N, 3, 96, 96) uint8, read with numpy (no pickle)
     if image_size != images.shape[-1]:
         resized = torch.nn.functional.interpolate(images.float(), size=(image_size, image_size), mode="bilinear",

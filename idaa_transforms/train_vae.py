@@ -345,9 +345,13 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
     out = prepare_run_dir(args.out, resume=args.resume, overwrite=args.overwrite, markers=RUN_FILES)
     state_path = out / STATE
     state = None
-    if args.resume:
-        if not state_path.is_file():
-            raise FileNotFoundError(f"--resume: {state_path} does not exist; train without --resume first.")
+    if args.resume and not state_path.is_file():
+        others = [name for name in RUN_FILES if (out / name).exists()]
+        if others:
+            raise FileNotFoundError(f"--resume: {out} holds a run ({', '.join(others)}) but no {STATE} to continue "
+                                    f"it from; pass --overwrite to train it again, or choose another --out.")
+        print(f"--resume: no {state_path} yet; starting from scratch.", file=sys.stderr)
+    elif args.resume:
         state = load_torch_state(state_path, map_location=device, required=STATE_KEYS,
                                  kind="training state of idaa-train-vae")
         changed = changed_settings(state.get("settings", {}), _settings(args), ignore=RESUMABLE)

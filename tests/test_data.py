@@ -99,6 +99,32 @@ def test_no_local_copy_is_one_clear_error(tmp_path, name):
     assert len(message.splitlines()) == 1
 
 
+@pytest.mark.parametrize("name, builder", [("cifar10", "CIFAR10"), ("cifar100", "CIFAR100"), ("stl10", "STL10")])
+def test_a_failed_download_is_one_clear_error(tmp_path, monkeypatch, name, builder):
+    import urllib.error
+
+    from torchvision import datasets
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(datasets, builder, offline)
+    with pytest.raises(FileNotFoundError) as err:
+        load_images(name, tmp_path / "nowhere", download=True)
+    message = str(err.value)
+    assert message.startswith(f"{name}: no local copy") and "could not download it" in message
+    assert "Name or service not known" in message and len(message.splitlines()) == 1
+
+
+def test_the_trainers_download_only_when_asked():
+    from idaa_transforms.train_vae import build_parser
+    from idaa_transforms.trainers.cli import parse_args
+    from idaa_transforms.trainers.config import TrainConfig
+
+    assert TrainConfig().download is False and build_parser().parse_args([]).download is False
+    assert parse_args([]).download is False and parse_args(["--download"]).download is True
+
+
 def test_decoded_images_are_cached_and_the_cache_follows_the_folder(tmp_path, monkeypatch):
     classes = ["cat", "dog"]
     write_class_folders(tmp_path, classes, per_class=3, fmt="png")

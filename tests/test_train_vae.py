@@ -191,9 +191,21 @@ def test_an_interrupted_state_write_keeps_the_previous_state(tmp_path, monkeypat
     assert epochs_logged(out) == [1, 2]
 
 
-def test_resume_without_state_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="trainer_state.pt does not exist"):
-        run([*TINY, "--epochs", "1", "--out", str(tmp_path), "--resume"])
+def test_resume_of_an_empty_folder_starts_from_scratch(tmp_path, capsys):
+    # As in idaa-train and the harness: the same command with --resume can be repeated from the first call on.
+    out = tmp_path / "vae"
+    run([*TINY, "--epochs", "1", "--out", str(out), "--resume"])
+    assert epochs_logged(out) == [1] and "starting from scratch" in capsys.readouterr().err
+
+
+def test_resume_of_a_finished_run_without_state_is_refused(tmp_path):
+    out = tmp_path / "vae"
+    run([*TINY, "--epochs", "1", "--out", str(out)])
+    (out / "trainer_state.pt").unlink()  # e.g. a shipped checkpoint folder
+    weights = (out / "model.safetensors").read_bytes()
+    with pytest.raises(FileNotFoundError, match="holds a run.*no trainer_state.pt.*--overwrite"):
+        run([*TINY, "--epochs", "1", "--out", str(out), "--resume"])
+    assert (out / "model.safetensors").read_bytes() == weights
 
 
 @pytest.mark.parametrize("option, value", [("--width", "32"), ("--lr", "1e-3"), ("--batch-size", "16"),

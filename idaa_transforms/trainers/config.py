@@ -97,8 +97,8 @@ class TrainConfig:
                            "(any image type PIL opens: PNG, JPEG, ...); 'photos' is offline (32x32 crops of five "
                            "photographs, labelled by photograph)", group="data", choices=DATASETS)
     data_dir: str = _option("data", "dataset root", group="data", kind="text")
-    download: bool = _option(True, "never download; fail if the dataset is missing", group="data",
-                             flag="--no-download")
+    download: bool = _option(False, "let torchvision download CIFAR/STL-10 into --data-dir when no local copy is "
+                             "found", group="data")
     subset: int | None = _option(None, "train on a class-balanced, seeded subset of N training images (and "
                                  "evaluate on N test images at most)", group="data", kind="positive_int",
                                  optional=True, metavar="N")

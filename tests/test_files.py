@@ -1,0 +1,33 @@
+"""State files: read with ``weights_only=True`` and refused in one line when they are not what they should be."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from idaa_transforms._files import atomic_torch_save, load_torch_state
+
+
+def test_a_state_file_round_trips(tmp_path):
+    path = tmp_path / "state.pt"
+    atomic_torch_save({"epoch": 3, "weights": torch.arange(4.0)}, path)
+    state = load_torch_state(path, required=("epoch", "weights"))
+    assert state["epoch"] == 3 and torch.equal(state["weights"], torch.arange(4.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temporary file left
+
+
+def test_bytes_that_are_no_torch_file_get_a_readable_reason(tmp_path):
+    path = tmp_path / "state.pt"
+    path.write_text("hello world, no tensors here")
+    with pytest.raises(ValueError) as err:
+        load_torch_state(path)
+    message = str(err.value)
+    assert "state.pt is not a readable training state (it is not a file written by torch.save)" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_a_state_without_the_required_keys_is_another_programs_file(tmp_path):
+    path = tmp_path / "state.pt"
+    atomic_torch_save({"model": {}}, path)
+    with pytest.raises(ValueError, match=r"is not a checkpoint of these trainers \(it lacks epoch\)"):
+        load_torch_state(path, required=("model", "epoch"), kind="checkpoint of these trainers")
