@@ -22,7 +22,7 @@
 #   DATA_PACK [data/cifar10-jpeg.tar.xz]  DATA_DIR [data/cifar10-jpeg]
 #   VAE_EPOCHS [300]  VAE_MINUTES [6]  VAE_OUT [runs/vae-cifar10-gpu]  VAE_ARGS [""]
 #   COMPARE_ARGS ["--epochs 20 --seeds 0 1 2 --batch-size 512"]  COMPARE_OUT [runs/compare-cifar10-gpu]
-#   COMPARE_VAE ["": the shipped default]  KEPT_RUNS [docs/evidence/cifar10-gpu/runs]
+#   COMPARE_VAE ["": the shipped default]  KEPT_RUNS [docs/evidence/cifar10-gpu/runs]  PART_BYTES [15 MiB]
 #
 # What comes back ($OUT): session.log (every stage's output), session-NN.tar.gz (the bench results, the VAE folder
 # without its 160 MB trainer_state.pt, the harness's report and finished runs without checkpoints), split in 15 MiB
@@ -46,7 +46,7 @@ COMPARE_ARGS=${COMPARE_ARGS:---epochs 20 --seeds 0 1 2 --batch-size 512}
 COMPARE_OUT=${COMPARE_OUT:-runs/compare-cifar10-gpu}
 COMPARE_VAE=${COMPARE_VAE:-}
 KEPT_RUNS=${KEPT_RUNS:-docs/evidence/cifar10-gpu/runs}
-PART_BYTES=$(( ${PART_MIB:-15} * 1024 * 1024 ))
+PART_BYTES=${PART_BYTES:-$((15 * 1024 * 1024))}
 
 start=$(date +%s)
 mkdir -p "$OUT"

@@ -1,11 +1,12 @@
-"""Tiny models and batches shared by the tests (import with ``from helpers import ...``); every model here runs in
-milliseconds on a CPU."""
+"""Tiny models, batches and image folders shared by the tests (import with ``from helpers import ...``); every model
+here runs in milliseconds on a CPU."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
 
 from idaa_transforms import IdentityVAE, VAEConfig
@@ -82,3 +83,14 @@ def dies_writing(victim: str):
         return handle
 
     return opener
+
+
+def write_class_folders(root, classes, per_class=2, size=32, fmt="jpg", splits=("train", "test")):
+    """``root/<split>/<class>/<i>.<fmt>``, each image a flat colour that encodes its class (red channel)."""
+    for split in splits:
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.new("RGB", (size, size), (10 * label, 100 + i, 50)).save(folder / f"{i:04d}.{fmt}",
+                                                                              quality=100)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import write_class_folders
 from idaa_transforms import _image_folders
 from idaa_transforms._cifar import CIFAR10_CLASSES, CIFAR100_CLASSES
 from idaa_transforms.data import batches, class_balanced_subset, load_images, to_float_images
@@ -28,17 +29,6 @@ def write_cifar_torchvision(root, rng, per_batch=4):
         (folder / name).write_bytes(pickle.dumps({"data": data, "labels": labels}))
         written[name] = (data, labels)
     return written
-
-
-def write_class_folders(root, classes, per_class=2, size=32, fmt="jpg", splits=("train", "test")):
-    """``root/<split>/<class>/<i>.<fmt>``, each image a flat colour that encodes its class (red channel)."""
-    for split in splits:
-        for label, name in enumerate(classes):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                Image.new("RGB", (size, size), (10 * label, 100 + i, 50)).save(folder / f"{i:04d}.{fmt}",
-                                                                              quality=100)
 
 
 def test_cifar10_torchvision_layout(tmp_path):
