@@ -11,8 +11,10 @@
 #   bench    `make bench-trainer-gpu`: the trainer's step against the model-only step, the views, the IDAA step,
 #            50,000-image epochs and torchvision v2 on DataLoader workers; the synchronisation checks (issue: trainer
 #            speed). About 3 minutes, capped at 6 by the Makefile's timeouts.
-#   vae      the paper's CIFAR-10 VAE (`idaa-train-vae`, bf16 autocast, fp16 weights), stopping cleanly before its
-#            time limit; a run folder already there (a warm machine, an earlier call) is resumed.
+#   vae      the paper's CIFAR-10 VAE (`idaa-train-vae`, bf16 autocast, fp16 weights) for as many epochs as fit
+#            (measured by a short probe), stopping cleanly before its time limit; a run folder already there (a warm
+#            machine, an earlier call) is resumed. Its 160 MB trainer_state.pt cannot come back: a VAE run lives on
+#            one machine, so it is sized to finish there.
 #   compare  the comparison harness on CIFAR-10 (ResNet-18) with the shipped default VAE (or COMPARE_VAE), resumed
 #            from the finished runs kept in the repository (KEPT_RUNS) and from COMPARE_OUT on a warm machine.
 #            Every run of one comparison must use the same VAE: train and ship the VAE first, then compare.
@@ -20,7 +22,7 @@
 # Settings (environment variables; defaults in brackets):
 #   OUT [runs/gpu-session]  SESSION_SECONDS [540]  PYTHON [python3]  DEVICE [cuda]  AMP [--amp]
 #   DATA_PACK [data/cifar10-jpeg.tar.xz]  DATA_DIR [data/cifar10-jpeg]
-#   VAE_EPOCHS [300]  VAE_MINUTES [6]  VAE_OUT [runs/vae-cifar10-gpu]  VAE_ARGS [""]
+#   VAE_EPOCHS [auto: as many as fit, at most 300]  VAE_MINUTES [6]  VAE_OUT [runs/vae-cifar10-gpu]  VAE_ARGS [""]
 #   COMPARE_ARGS ["--epochs 20 --seeds 0 1 2 --batch-size 512"]  COMPARE_OUT [runs/compare-cifar10-gpu]
 #   COMPARE_VAE ["": the shipped default]  KEPT_RUNS [docs/evidence/cifar10-gpu/runs]  PART_BYTES [15 MiB]
 #
@@ -38,7 +40,7 @@ AMP=${AMP---amp}
 STAGES=${STAGES:-bench vae}
 DATA_PACK=${DATA_PACK:-data/cifar10-jpeg.tar.xz}
 DATA_DIR=${DATA_DIR:-data/cifar10-jpeg}
-VAE_EPOCHS=${VAE_EPOCHS:-300}
+VAE_EPOCHS=${VAE_EPOCHS:-auto}
 VAE_MINUTES=${VAE_MINUTES:-6}
 VAE_OUT=${VAE_OUT:-runs/vae-cifar10-gpu}
 VAE_ARGS=${VAE_ARGS:-}
@@ -101,19 +103,51 @@ run_limited() {
 }
 
 stage_bench() {
+    if ! command -v make >/dev/null; then
+        say "bench: no make on this machine; the commands are those of the Makefile's bench-trainer-gpu target"
+        return 1
+    fi
     run_limited bench make bench-trainer-gpu PYTHON="$PYTHON" OUT="$stage_dir/bench"
 }
 
+# The VAE's epoch count: VAE_EPOCHS, the count of a run already in VAE_OUT, or (VAE_EPOCHS=auto) as many as fit in
+# the time left at the speed of a one-epoch probe on 5,000 images (its first epoch pays the warm-up, so the count errs
+# short). The schedule decays to zero over that count, so the VAE it ships has finished its schedule.
+vae_epochs() {
+    local minutes=$1
+    if [ -f "$VAE_OUT/trainer_state.pt" ]; then
+        $PYTHON -c 'import sys, torch; print(torch.load(sys.argv[1], weights_only=True)["settings"]["epochs"])' \
+            "$VAE_OUT/trainer_state.pt"
+    elif [ "$VAE_EPOCHS" != auto ]; then
+        echo "$VAE_EPOCHS"
+    else
+        local probe="$VAE_OUT-probe"
+        rm -rf "$probe"
+        # shellcheck disable=SC2086  # AMP and VAE_ARGS hold zero or more arguments
+        "$PYTHON" -m idaa_transforms.train_vae --dataset cifar10 --data-dir "$DATA_DIR" --subset 5000 --epochs 1 \
+            $AMP --device "$DEVICE" --no-progress --out "$probe" $VAE_ARGS >>"$log" 2>&1 || return 1
+        $PYTHON - "$probe/metrics.jsonl" "$minutes" <<'PY'
+import json, sys
+rate = json.loads(open(sys.argv[1]).read().splitlines()[-1])["images_per_second"]
+print(max(1, min(300, int((float(sys.argv[2]) * 60 - 30) * rate / 50000))))
+PY
+    fi
+}
+
 stage_vae() {
-    local resume=()
-    [ -f "$VAE_OUT/trainer_state.pt" ] && resume=(--resume)
     # Training stops between epochs before its limit, leaving 90 s for the held-out figures and the packing.
-    local minutes
+    local minutes epochs
     minutes=$(awk -v want="$VAE_MINUTES" -v left="$(left)" 'BEGIN { m = (left - 90) / 60; print (m < want ? m : want) }')
+    if ! epochs=$(vae_epochs "$minutes"); then
+        say "vae: the probe failed (see above); skipped"
+        return 1
+    fi
+    minutes=$(awk -v want="$VAE_MINUTES" -v left="$(left)" 'BEGIN { m = (left - 90) / 60; print (m < want ? m : want) }')
+    say "vae: $epochs epochs, at most $minutes minutes in this call"
     # shellcheck disable=SC2086  # AMP and VAE_ARGS hold zero or more arguments
     run_limited vae "$PYTHON" -m idaa_transforms.train_vae --dataset cifar10 --data-dir "$DATA_DIR" \
-        --epochs "$VAE_EPOCHS" $AMP --device "$DEVICE" --save-dtype float16 --save-every 5 \
-        --max-minutes "$minutes" --no-progress --out "$VAE_OUT" "${resume[@]}" $VAE_ARGS
+        --epochs "$epochs" $AMP --device "$DEVICE" --save-dtype float16 --save-every 5 \
+        --max-minutes "$minutes" --no-progress --out "$VAE_OUT" --resume $VAE_ARGS
     if [ -d "$VAE_OUT" ]; then
         mkdir -p "$stage_dir/vae"
         find "$VAE_OUT" -maxdepth 1 -type f ! -name trainer_state.pt -exec cp {} "$stage_dir/vae/" \;

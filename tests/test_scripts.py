@@ -99,3 +99,20 @@ def test_an_unknown_stage_is_named_and_skipped(tmp_path):
     assert done.returncode == 0
     log = (out / "session.log").read_text()
     assert "unknown stage 'bench-typo'" in log and "need CIFAR-10" in log
+
+
+def test_the_vae_stage_sizes_its_schedule_by_a_probe_and_brings_the_vae_back(cifar_pack, tmp_path):
+    out = tmp_path / "out"
+    done = script("gpu_session.sh", env={
+        "OUT": str(out), "STAGES": "vae", "DEVICE": "cpu", "AMP": "", "PYTHON": sys.executable,
+        "SESSION_SECONDS": "240", "DATA_DIR": str(tmp_path / "data"), "DATA_PACK": str(cifar_pack),
+        "VAE_OUT": str(tmp_path / "vae"), "VAE_MINUTES": "1",
+        "VAE_ARGS": "--width 16 --latent-dim 8 --batch-size 16 --subset 40"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    log = (out / "session.log").read_text()
+    # a one-minute budget over CIFAR-10's 50,000 images: one epoch, which ends the schedule
+    assert "vae: 1 epochs" in log and "vae: exit status 0" in log
+    back = unpack_parts(out, tmp_path / "back")
+    names = {p.name for p in (back / "vae").iterdir()}
+    assert {"model.safetensors", "config.json", "README.md", "held_out.json"} <= names
+    assert "trainer_state.pt" not in names and "epochs: 1 of 1" in (back / "vae" / "README.md").read_text()
