@@ -166,7 +166,8 @@ stage_compare() {
     minutes=$(awk -v left="$(left)" 'BEGIN { m = (left - 60) / 60; print (m > 0.5 ? m : 0.5) }')
     # shellcheck disable=SC2086  # AMP and COMPARE_ARGS hold zero or more arguments
     run_limited compare "$PYTHON" -m idaa_transforms.experiments.compare --dataset cifar10 --data-dir "$DATA_DIR" \
-        --device "$DEVICE" --out "$COMPARE_OUT" --max-minutes "$minutes" --resume $AMP "${vae[@]}" $COMPARE_ARGS
+        --device "$DEVICE" --out "$COMPARE_OUT" --max-minutes "$minutes" --resume --whole-runs $AMP "${vae[@]}" \
+        $COMPARE_ARGS
     mkdir -p "$stage_dir/compare"
     tar -C "$COMPARE_OUT" --exclude=checkpoint.pt -cf - . | tar -x -C "$stage_dir/compare"
 }

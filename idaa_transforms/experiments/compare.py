@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=_cli.MAX_MINUTES_HELP + "; after the limit no new run starts")
     g.add_argument("--resume", dest="resume_runs", action="store_true",
                    help="continue runs that an earlier call left unfinished")
+    g.add_argument("--whole-runs", action="store_true",
+                   help="with --max-minutes: start a run only if the finished runs of its variant say it ends before "
+                        "the limit (for a machine that is given back then, where an unfinished run is lost)")
     g.add_argument("--no-anchors", dest="anchors", action="store_false",
                    help="skip the randomly initialised network's kNN accuracy")
     g.add_argument("--calibration-images", type=_cli.positive_int, default=256,
@@ -151,7 +154,8 @@ def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, varia
     calibration = _calibration(base, args.calibration_images, out, report_dir)
     print(f"pixel FGSM eps matched to IDAA's mean L2 perturbation: {calibration.pixel_eps:.5f}", flush=True)
     anchors = Anchors(_random_init_knn(base, out) if args.anchors else None, published_anchors(base.dataset))
-    scheduler = Scheduler(base, out, calibration.pixel_eps, resume=args.resume_runs, deadline=deadline)
+    scheduler = Scheduler(base, out, calibration.pixel_eps, resume=args.resume_runs, deadline=deadline,
+                          whole_runs=args.whole_runs)
     plan: dict[str, int] | None = None
     on_record = False  # this call goes into calls.jsonl when it first writes the report (one refused before: not)
 

@@ -129,6 +129,9 @@ class Scheduler:
         pixel_eps: the calibrated step of the ``pixel_fgsm`` variant.
         resume: continue runs that an earlier invocation left unfinished (without it they are refused).
         deadline: a ``time.time()`` after which no run starts and a running one stops between epochs.
+        whole_runs: start a new run only if it is expected to finish before ``deadline`` (see
+            :meth:`expected_seconds`), for a machine that is given back at the deadline, where an unfinished run
+            would be lost; a run without an estimate (the first of its variant) is started.
     """
 
     base: TrainConfig
@@ -136,6 +139,7 @@ class Scheduler:
     pixel_eps: float | None = None
     resume: bool = False
     deadline: float | None = None
+    whole_runs: bool = False
     records: list[RunRecord] = field(default_factory=list)
     not_started: list[str] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
@@ -167,6 +171,11 @@ class Scheduler:
             self.not_started.append(spec.name)
             return None
         started = any((folder / name).exists() for name in RUN_FILES)  # killed before its first checkpoint too
+        if not started and self.whole_runs and self.deadline is not None:
+            expected = self.expected_seconds(spec)
+            if expected is not None and time.time() + expected > self.deadline:
+                self.not_started.append(spec.name)
+                return None
         if started and not self.resume:
             raise ValueError(f"{folder} holds an unfinished run; pass --resume to continue it, or choose another "
                              f"--out.")
@@ -180,6 +189,16 @@ class Scheduler:
     def _keep(self, record: RunRecord) -> RunRecord:
         self.records.append(record)
         return record
+
+    def expected_seconds(self, spec: RunSpec) -> float | None:
+        """How long ``spec`` should take, from the finished runs of its variant: the median epoch times ``spec.epochs``,
+        plus the longest time a run of this call spent outside its epochs (start-up, kNN monitor, final evaluation);
+        ``None`` when no run of the variant has finished yet."""
+        seconds = self.epoch_seconds(spec.variant)
+        if not seconds:
+            return None
+        overheads = [r.wall_seconds - r.curve[-1].seconds for r in self.records if r.wall_seconds is not None and r.curve]
+        return statistics.median(seconds) * spec.epochs + max(overheads, default=0.0)
 
     def epoch_seconds(self, variant: str) -> list[float]:
         """Training seconds of every epoch of every finished run of ``variant`` (their median sets equal time)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import pytest
@@ -83,3 +84,19 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_with_resume(tmp_p
         Scheduler(tiny_base(), tmp_path).run(RunSpec("baseline", 0, 1))
     record = Scheduler(tiny_base(), tmp_path, resume=True).run(RunSpec("baseline", 0, 1))
     assert record is not None and [p.epoch for p in record.curve] == [1]
+
+
+def test_whole_runs_starts_only_what_its_variant_says_will_finish(tmp_path):
+    first = Scheduler(tiny_base(), tmp_path)
+    assert first.expected_seconds(RunSpec("baseline", 0, 2)) is None  # nothing to go by yet
+    record = first.run(RunSpec("baseline", 0, 2))
+    per_epoch = statistics.median(record.epoch_seconds)
+    overhead = record.wall_seconds - record.curve[-1].seconds
+    assert first.expected_seconds(RunSpec("baseline", 1, 4)) == pytest.approx(4 * per_epoch + overhead)
+
+    # Read back on another machine, the run's epochs still give an estimate (no overhead measured there yet).
+    later = Scheduler(tiny_base(), tmp_path, whole_runs=True, deadline=time.time() + 60)
+    assert later.run(RunSpec("baseline", 0, 2)).wall_seconds is None
+    assert later.run(RunSpec("baseline", 1, 100_000)) is None and later.not_started == ["baseline-e100000-s1"]
+    assert not (tmp_path / "baseline-e100000-s1").exists()  # nothing was started that would be lost
+    assert later.run(RunSpec("idaa", 1, 1)) is not None  # no estimate for its variant: started
