@@ -3,8 +3,8 @@
 Run on a CUDA machine: ``python benchmarks/check_cuda_sync.py``. Every checked call runs under
 ``torch.cuda.set_sync_debug_mode("error")``, so any synchronising call inside it (``.item()``, ``nonzero``, a blocking
 copy) raises. After the transform's forward returns, the memory still allocated must be the output alone. The
-trainer's step (two fast views of a uint8 batch already on the device, two forwards, the IDAA view, the adversarial
-forward, the loss, backward and Adam step, under bf16 autocast, as ``idaa_transforms.trainers`` runs it) is checked
+trainer's step (the trainer's own ``two_views`` of a uint8 batch already on the device and ``train_step``: two
+forwards, the IDAA view, the adversarial forward, the loss, backward and Adam step, under bf16 autocast) is checked
 with the kornia views too, for comparison. Exits non-zero on a violation of the transform or of the fast step.
 """
 
@@ -20,8 +20,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package
 
-from idaa_transforms import IDAATransform, IdentityVAE, VAEConfig, adversarial_bn, convert_to_dual_bn  # noqa: E402
+from idaa_transforms import IDAATransform, IdentityVAE, VAEConfig, convert_to_dual_bn  # noqa: E402
 from idaa_transforms.views import simclr_views  # noqa: E402
+from idaa_transforms.trainers.engine import train_step, two_views  # noqa: E402
 from idaa_transforms.trainers.methods import build_method  # noqa: E402
 
 
@@ -73,22 +74,11 @@ def check_trainer_step(vae: IdentityVAE, backend: str) -> bool:
     data = torch.randint(0, 256, (1024, 3, 32, 32), dtype=torch.uint8, device=device)
     index = torch.randperm(1024, device=device)[:256]
 
-    def step() -> torch.Tensor:
+    def step() -> torch.Tensor:  # as the trainer's epoch loop runs it
         x = data[index]
-        with torch.no_grad():
-            if backend == "kornia":
-                x = x.float().div_(255)
-            v1, v2 = views(x), views(x)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out1, out2 = model(v1), model(v2)
-            x_adv = model.adversarial_view(idaa, v1, out1)
-            with adversarial_bn(True):
-                out_adv = model(x_adv)
-            loss = model.pair_loss(out1, out2) + model.pair_loss(out1, out_adv)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+        if backend == "kornia":
+            x = x.float().div_(255)
+        return train_step(model, optimizer, *two_views(views, x), adversary=idaa, amp=torch.bfloat16)
 
     step()
     torch.cuda.synchronize()

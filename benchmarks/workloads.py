@@ -58,6 +58,7 @@ from idaa_transforms import IDAATransform, IdentityVAE, VAEConfig, adversarial_b
 from idaa_transforms.pixel_fgsm import PixelFGSM
 from idaa_transforms.views import CROP_RATIO, FLIP_P, GRAYSCALE_P, JITTER, JITTER_P, simclr_views
 from idaa_transforms.trainers.distributed import shard_indices
+from idaa_transforms.trainers.engine import train_step, two_views
 from idaa_transforms.trainers.methods import SimCLR, build_method
 
 __all__ = [
@@ -354,9 +355,9 @@ def build_workloads(cfg: BenchConfig) -> Workloads:
 def build_trainer_workloads(cfg: TrainerBenchConfig) -> tuple[Workloads, dict[str, Callable[[Tensor], Any]], Tensor]:
     """The trainer suite's per-call workloads, its step functions (a uint8 batch in) and the data set on the device.
 
-    The steps are the trainer's (``idaa_transforms.trainers.engine``): two views of a uint8 batch gathered on the
-    device, two forwards, ``model.pair_loss``, with IDAA ``model.adversarial_view`` and a forward of ``x_adv`` under
-    ``adversarial_bn``, backward, Adam step.
+    The steps are the trainer's own functions (``idaa_transforms.trainers.engine``: ``two_views`` of a uint8 batch
+    gathered on the device, then ``train_step``: two forwards, ``model.pair_loss``, with IDAA
+    ``model.adversarial_view`` and a forward of ``x_adv`` under ``adversarial_bn``, backward, Adam step).
     """
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -368,28 +369,26 @@ def build_trainer_workloads(cfg: TrainerBenchConfig) -> tuple[Workloads, dict[st
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4, weight_decay=1e-6)
     views = {"fast": simclr_views(cfg.image_size), "kornia": simclr_views(cfg.image_size, backend="kornia")}
     amp = _autocast(device, cfg.amp)
+    amp_dtype = AMP_DTYPES[cfg.amp] if cfg.amp else None  # checked by _autocast
     images = max(cfg.batch_size, min(cfg.epoch_images, 50_000)) if cfg.epoch_images else cfg.batch_size
     data = torch.randint(0, 256, (images, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, device=device)
     batch = data[:cfg.batch_size]
 
     def make_views(x: Tensor, backend: str = "fast") -> tuple[Tensor, Tensor]:
-        with torch.no_grad():
-            if backend == "kornia":
-                x = x.float().div_(255)
-            v1, v2 = views[backend](x), views[backend](x)
-        return v1.contiguous(memory_format=memory_format), v2.contiguous(memory_format=memory_format)
+        # The trainer hands its uint8 batch to the fast views; kornia's modules need floats in [0, 1].
+        return two_views(views[backend], x if backend == "fast" else x.float().div_(255), memory_format)
 
-    def model_step(v1: Tensor, v2: Tensor, attack: bool, x_adv: Tensor | None = None) -> Tensor:
-        """One training step: plain, IDAA (``attack``), or the IDAA loss on a ready-made third view ``x_adv``."""
+    def model_step(v1: Tensor, v2: Tensor, attack: bool) -> Tensor:
+        """The trainer's step on two views: plain, or IDAA (``attack``)."""
+        return train_step(model, optimizer, v1, v2, adversary=idaa if attack else None, amp=amp_dtype)
+
+    def model_step_3views(v1: Tensor, v2: Tensor, x_adv: Tensor) -> Tensor:
+        """The model's work for the IDAA loss on three ready views (no attack): the IDAA step's limit without it."""
         with amp:
             out1, out2 = model(v1), model(v2)
-            loss = model.pair_loss(out1, out2)
-            if attack or x_adv is not None:
-                if x_adv is None:
-                    x_adv = model.adversarial_view(idaa, v1, out1)
-                with adversarial_bn(True):
-                    out_adv = model(x_adv)
-                loss = loss + model.pair_loss(out1, out_adv)
+            with adversarial_bn(True):
+                out_adv = model(x_adv)
+            loss = model.pair_loss(out1, out2) + model.pair_loss(out1, out_adv)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -407,7 +406,7 @@ def build_trainer_workloads(cfg: TrainerBenchConfig) -> tuple[Workloads, dict[st
 
     fns: dict[str, Callable[[], Any]] = {
         "model_only": lambda: model_step(*ready, attack=False),
-        "model_only_3views": lambda: model_step(*ready, attack=False, x_adv=ready_adv),
+        "model_only_3views": lambda: model_step_3views(*ready, ready_adv),
         "attack_only": attack_only,
         "plain_step": lambda: model_step(*make_views(batch), attack=False),
         "plain_step_kornia": lambda: model_step(*make_views(batch, "kornia"), attack=False),

@@ -2,7 +2,7 @@
 
 One training step on a batch ``x`` (on the device):
 
-1. two views ``v1, v2`` of ``x`` with kornia (:func:`~idaa_transforms.views.simclr_views`);
+1. two views ``v1, v2`` of the uint8 batch ``x`` (:func:`two_views` with :func:`~idaa_transforms.views.simclr_views`);
 2. ``L(v1, v2)``, the method's loss over the global batch;
 3. with IDAA, the adversarial view ``x_adv`` of ``v1`` from :class:`~idaa_transforms.IDAATransform`, attacking the
    method's own loss with the outputs of ``v1`` already computed, and ``L(v1, x_adv)`` with the ``x_adv`` forward
@@ -10,6 +10,9 @@ One training step on a batch ``x`` (on the device):
    ``adversary="pixel_fgsm"`` the view comes from :class:`~idaa_transforms.pixel_fgsm.PixelFGSM` instead
    (one signed-gradient step of size ``pixel_eps`` on the pixels), everything else unchanged;
 4. one optimiser step on ``L(v1, v2) + alpha * L(v1, x_adv)``.
+
+Steps 2-4 are :func:`train_step`, the one definition of the step that the benchmarks time and the synchronisation
+check runs.
 
 A run is four jobs, one function each: prepare the output folder and read the checkpoint to resume from
 (:func:`_start`), build the model, adversary and optimiser (:func:`_build`), train epoch by epoch
@@ -55,7 +58,7 @@ from idaa_transforms.trainers.methods import BYOL, SimCLR, build_method
 from idaa_transforms.transform import IDAATransform
 
 __all__ = ["TrainConfig", "EpochMetrics", "TrainResult", "train", "read_run", "load_split", "build_model",
-           "build_adversary", "write_grid", "CHECKPOINT", "METRICS", "RESULTS", "GRID", "RUN_FILES"]
+           "build_adversary", "two_views", "train_step", "write_grid", "CHECKPOINT", "METRICS", "RESULTS", "GRID", "RUN_FILES"]
 
 CHECKPOINT, METRICS, RESULTS, GRID = "checkpoint.pt", "metrics.jsonl", "results.json", "idaa_grid.png"
 #: The files a run writes: any of them in ``--out`` means a run is already there.
@@ -413,7 +416,7 @@ def _train_epoch(cfg: TrainConfig, env: D.DistEnv, parts: _Parts, data: _Data, e
     """One epoch of steps; the kNN monitor on rank 0 when due. One host sync, at the end."""
     model, net, adversary, device = parts.model, parts.net, parts.adversary, env.device
     steps = parts.steps_per_epoch
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
+    amp_dtype = torch.bfloat16 if cfg.amp else None
     model.train()
     batches = D.shard_indices(data.train_x.shape[0], cfg.batch_size, cfg.seed, epoch, env.rank, env.world_size)
     sums = torch.zeros(3, device=device)
@@ -424,26 +427,11 @@ def _train_epoch(cfg: TrainConfig, env: D.DistEnv, parts: _Parts, data: _Data, e
         torch.cuda.synchronize(device)
     tic = time.perf_counter()
     for step, index in enumerate(batches):
-        x = to_float_images(data.train_x[index.to(device, non_blocking=True)])
-        with torch.no_grad():
-            v1 = parts.views(x).contiguous(memory_format=parts.memory_format)
-            v2 = parts.views(x).contiguous(memory_format=parts.memory_format)
-        with amp:
-            out1, out2 = net(v1), net(v2)
-            loss_clean = model.pair_loss(out1, out2)
-            loss_adv = torch.zeros((), device=device)
-            if adversary is not None:
-                x_adv = model.adversarial_view(adversary, v1, out1)
-                with adversarial_bn(cfg.dual_bn):
-                    out_adv = net(x_adv)
-                loss_adv = model.pair_loss(out1, out_adv)
-            loss = loss_clean + cfg.alpha * loss_adv
-        parts.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        parts.optimizer.step()
+        v1, v2 = two_views(parts.views, data.train_x[index.to(device, non_blocking=True)], parts.memory_format)
+        sums += train_step(model, parts.optimizer, v1, v2, adversary=adversary, alpha=cfg.alpha, dual_bn=cfg.dual_bn,
+                           amp=amp_dtype, net=net)
         parts.scheduler.step()
         model.after_step((epoch * steps + step + 1) / (cfg.epochs * steps))
-        sums += torch.stack([loss.detach(), loss_clean.detach(), loss_adv.detach()]).float()
         bar.update(cfg.batch_size)
         if step % 10 == 9 and not bar.disable:
             shown = running_loss.read()  # the value sent 10 steps ago: no wait on the device
@@ -462,6 +450,64 @@ def _train_epoch(cfg: TrainConfig, env: D.DistEnv, parts: _Parts, data: _Data, e
                         loss_adv=adv_mean if adversary is not None else None, knn_acc=knn,
                         lr=parts.optimizer.param_groups[0]["lr"], seconds=round(seconds, 3),
                         images_per_s=round(steps * cfg.batch_size / seconds, 1))
+
+
+def two_views(views: nn.Module, images: Tensor,
+              memory_format: torch.memory_format = torch.contiguous_format) -> tuple[Tensor, Tensor]:
+    """The two views of a training step: ``views`` (see :func:`~idaa_transforms.views.simclr_views`) applied twice,
+    without gradient, to ``images`` (uint8, as the trainers keep them on the device, or floats in [0, 1]), laid out
+    in ``memory_format``."""
+    with torch.no_grad():
+        return tuple(views(images).contiguous(memory_format=memory_format) for _ in range(2))
+
+
+def train_step(model: Method, optimizer: torch.optim.Optimizer, v1: Tensor, v2: Tensor, *,
+               adversary: Adversary | None = None, alpha: float = 1.0, dual_bn: bool = True,
+               amp: torch.dtype | None = None, net: nn.Module | None = None) -> Tensor:
+    """One optimisation step of the trainers on two views: ``L(v1, v2)``, with an ``adversary`` the adversarial view
+    of ``v1`` and ``alpha * L(v1, x_adv)`` (the ``x_adv`` forward inside :func:`~idaa_transforms.adversarial_bn` when
+    ``dual_bn``), backward and ``optimizer.step()``.
+
+    Args:
+        model: the method (its ``pair_loss`` and ``adversarial_view``).
+        optimizer: the optimiser of ``model``'s parameters.
+        v1, v2: the two views (see :func:`two_views`).
+        adversary: an :class:`~idaa_transforms.IDAATransform` or :class:`~idaa_transforms.PixelFGSM`; ``None``: the
+            baseline.
+        alpha: weight of the adversarial term.
+        dual_bn: the ``x_adv`` forward uses the adversarial BatchNorms.
+        amp: the autocast dtype (``torch.bfloat16``...), or ``None`` for full precision.
+        net: what the forwards call (a DDP wrapper of ``model``); ``model`` itself by default.
+
+    Returns:
+        ``(loss, loss_clean, loss_adv)`` as one detached float tensor on the views' device (``loss_adv`` is 0 without
+        an adversary); nothing is read back to the host.
+
+    Example:
+        >>> import torch
+        >>> from idaa_transforms.trainers.methods import build_method
+        >>> from idaa_transforms.views import simclr_views
+        >>> model = build_method("simclr", "small_cnn")
+        >>> optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        >>> images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+        >>> train_step(model, optimizer, *two_views(simclr_views(32), images)).shape
+        torch.Size([3])
+    """
+    net = model if net is None else net
+    with torch.autocast(v1.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        out1, out2 = net(v1), net(v2)
+        loss_clean = model.pair_loss(out1, out2)
+        loss_adv = torch.zeros((), device=v1.device)
+        if adversary is not None:
+            x_adv = model.adversarial_view(adversary, v1, out1)
+            with adversarial_bn(dual_bn):
+                out_adv = net(x_adv)
+            loss_adv = model.pair_loss(out1, out_adv)
+        loss = loss_clean + alpha * loss_adv
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return torch.stack([loss.detach(), loss_clean.detach(), loss_adv.detach()]).float()
 
 
 def _knn(cfg: TrainConfig, backbone: nn.Module, data: _Data) -> float:

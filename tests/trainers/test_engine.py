@@ -14,7 +14,12 @@ from helpers import TINY_RUN
 from idaa_transforms import _files
 from idaa_transforms.data import load_images
 from idaa_transforms.trainers.config import TrainConfig
-from idaa_transforms.trainers.engine import _DelayedScalar, load_split, read_run, train
+from helpers import make_vae
+from idaa_transforms import IDAATransform
+from idaa_transforms.bn import convert_to_dual_bn
+from idaa_transforms.trainers.engine import _DelayedScalar, load_split, read_run, train, train_step, two_views
+from idaa_transforms.trainers.methods import build_method
+from idaa_transforms.views import simclr_views
 
 
 def tiny(out, **overrides) -> TrainConfig:
@@ -253,3 +258,21 @@ def test_training_on_a_subset(tmp_path):
     result = train(tiny(tmp_path, idaa=False, crops_per_photo=32, subset=64))
     assert result.finished and result.images_per_s > 0
     assert read_run(tmp_path).config["subset"] == 64
+
+
+def test_train_step_returns_its_loss_terms_and_steps_the_optimiser():
+    torch.manual_seed(0)
+    model = convert_to_dual_bn(build_method("simclr", "small_cnn"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    v1, v2 = two_views(simclr_views(32), images)
+    assert v1.shape == (16, 3, 32, 32) and v1.dtype == torch.float32 and not torch.equal(v1, v2)
+
+    before = [p.detach().clone() for p in model.parameters()]
+    plain = train_step(model, optimizer, v1, v2)
+    assert plain.shape == (3,) and plain[2] == 0 and plain[0] == plain[1] and not plain.requires_grad
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+    idaa = IDAATransform(make_vae(), encoder=model.encoder, eps=0.1, use_adversarial_bn=True)
+    loss, clean, adv = train_step(model, optimizer, v1, v2, adversary=idaa, alpha=0.5)
+    assert adv > 0 and loss == pytest.approx(float(clean + 0.5 * adv), rel=1e-6)
