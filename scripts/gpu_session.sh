@@ -173,6 +173,25 @@ stage_compare() {
     tar -C "$COMPARE_OUT" --exclude=checkpoint.pt -cf - . | tar -x -C "$stage_dir/compare"
 }
 
+# The last lines of the output: what each stage produced, for a reader who sees only the end of it.
+summary() {
+    local held="$stage_dir/vae/held_out.json" bench="$stage_dir/bench/gpu-trainer/results.md"
+    local report="$stage_dir/compare/report.md"
+    if [ -f "$held" ]; then
+        say "vae: $($PYTHON - "$held" <<'PY'
+import json, sys
+held = json.load(open(sys.argv[1]))
+test = held["images"]
+print(f"{held['epochs']} epochs, {held['seconds'] / 60:.1f} min, test PSNR {test['psnr']:.2f} dB "
+      f"(4x bilinear {test['baselines_psnr']['downsample_4x_bilinear']:.2f}), colour kept {test['colour_ratio']:.3f}")
+PY
+)"
+    fi
+    [ -f "$bench" ] && grep -E '^\|' "$bench" | head -30
+    [ -f "$report" ] && grep -E '^\|' "$report" | head -30
+    return 0
+}
+
 say "session: stages '$STAGES', $SESSION_SECONDS s, output in $OUT"
 setup
 for stage in $STAGES; do
@@ -183,4 +202,5 @@ for stage in $STAGES; do
         *) say "unknown stage '$stage' (expected bench, vae or compare); skipped" ;;
     esac
 done
+summary
 say "session: done"

@@ -111,7 +111,7 @@ def test_the_vae_stage_sizes_its_schedule_by_a_probe_and_brings_the_vae_back(cif
     assert done.returncode == 0, done.stdout + done.stderr
     log = (out / "session.log").read_text()
     # a one-minute budget over CIFAR-10's 50,000 images: one epoch, which ends the schedule
-    assert "vae: 1 epochs" in log and "vae: exit status 0" in log
+    assert "vae: 1 epochs" in log and "vae: exit status 0" in log and "epochs, " in log and "colour kept" in log
     back = unpack_parts(out, tmp_path / "back")
     names = {p.name for p in (back / "vae").iterdir()}
     assert {"model.safetensors", "config.json", "README.md", "held_out.json"} <= names
