@@ -249,6 +249,8 @@ class _Parts:
     views: nn.Module
     steps_per_epoch: int
     memory_format: torch.memory_format = torch.contiguous_format
+    #: Train and test features after the last epoch, extracted once by its kNN monitor for the final evaluation.
+    final_features: tuple[Tensor, Tensor] | None = None
 
 
 def train(cfg: TrainConfig, *, deadline: float | None = None) -> TrainResult:
@@ -445,7 +447,10 @@ def _train_epoch(cfg: TrainConfig, env: D.DistEnv, parts: _Parts, data: _Data, e
     loss_mean, clean_mean, adv_mean = (D.all_reduce_mean(sums) / steps).tolist()  # one sync per epoch
     knn = None
     if env.is_main and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
-        knn = _knn(cfg, model.backbone, data)
+        train_f, test_f = _features(model.backbone, data)
+        knn = knn_accuracy(train_f, data.train_y, test_f, data.test_y, cfg.knn_k, cfg.knn_temperature)
+        if epoch + 1 == cfg.epochs:
+            parts.final_features = train_f, test_f
     return EpochMetrics(epoch=epoch + 1, loss=loss_mean, loss_clean=clean_mean,
                         loss_adv=adv_mean if adversary is not None else None, knn_acc=knn,
                         lr=parts.optimizer.param_groups[0]["lr"], seconds=round(seconds, 3),
@@ -510,9 +515,8 @@ def train_step(model: Method, optimizer: torch.optim.Optimizer, v1: Tensor, v2: 
     return torch.stack([loss.detach(), loss_clean.detach(), loss_adv.detach()]).float()
 
 
-def _knn(cfg: TrainConfig, backbone: nn.Module, data: _Data) -> float:
-    train_f, test_f = extract_features(backbone, data.train_x), extract_features(backbone, data.test_x)
-    return knn_accuracy(train_f, data.train_y, test_f, data.test_y, cfg.knn_k, cfg.knn_temperature)
+def _features(backbone: nn.Module, data: _Data) -> tuple[Tensor, Tensor]:
+    return extract_features(backbone, data.train_x), extract_features(backbone, data.test_x)
 
 
 def _finish(cfg: TrainConfig, env: D.DistEnv, parts: _Parts, data: _Data, this_run: list[EpochMetrics],
@@ -524,8 +528,7 @@ def _finish(cfg: TrainConfig, env: D.DistEnv, parts: _Parts, data: _Data, this_r
                          config=cfg.to_dict(), metrics=metrics,
                          stopped_after=last_epoch if last_epoch < cfg.epochs else None)
     if result.finished and env.is_main:
-        train_f = extract_features(parts.model.backbone, data.train_x)
-        test_f = extract_features(parts.model.backbone, data.test_x)
+        train_f, test_f = parts.final_features or _features(parts.model.backbone, data)
         result.knn_acc = knn_accuracy(train_f, data.train_y, test_f, data.test_y, cfg.knn_k, cfg.knn_temperature)
         result.linear_acc = linear_probe(train_f, data.train_y, test_f, data.test_y, steps=cfg.probe_steps)
     return result

@@ -17,7 +17,9 @@ from idaa_transforms.trainers.config import TrainConfig
 from helpers import make_vae
 from idaa_transforms import IDAATransform
 from idaa_transforms.bn import convert_to_dual_bn
+from idaa_transforms.trainers import engine
 from idaa_transforms.trainers.engine import _DelayedScalar, load_split, read_run, train, train_step, two_views
+from idaa_transforms.trainers.evaluation import extract_features
 from idaa_transforms.trainers.methods import build_method
 from idaa_transforms.views import simclr_views
 
@@ -100,6 +102,19 @@ def test_resume_continues_exactly(tmp_path, tiny_vae_dir):
     b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 2 * (80 // 32)
+
+
+def test_the_final_evaluation_reuses_the_last_epochs_features(tmp_path, monkeypatch):
+    extracted = []
+
+    def counting(backbone, images):
+        extracted.append(images.shape[0])
+        return extract_features(backbone, images)
+
+    monkeypatch.setattr(engine, "extract_features", counting)
+    result = train(tiny(tmp_path, idaa=False, epochs=2))
+    assert len(extracted) == 2 * 2  # train and test features for each epoch's kNN monitor, none again at the end
+    assert result.knn_acc == result.metrics[-1].knn_acc and 0 <= result.linear_acc <= 1
 
 
 def test_stop_after_counts_the_epochs_of_each_call(tmp_path):
