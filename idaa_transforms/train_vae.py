@@ -199,10 +199,13 @@ def _over_batches(vae: IdentityVAE, images: Tensor, batch_size: int, fn) -> list
 
 
 def reconstruction_metrics(vae: IdentityVAE, images: Tensor, batch_size: int = 512) -> dict[str, float]:
-    """Pixel-space MSE and PSNR (dB, [0, 1] images) of ``G(x)`` over ``images`` (uint8 or [0, 1] floats)."""
-    sums = _over_batches(vae, images, batch_size, lambda x, g: F.mse_loss(g, x, reduction="sum"))
-    mse = torch.stack(sums).sum().item() / images.numel()
-    return {"mse": mse, "psnr": 10 * math.log10(1 / max(mse, 1e-12))}
+    """Pixel-space MSE and PSNR (dB, [0, 1] images) of ``G(x)`` over ``images`` (uint8 or [0, 1] floats), and the
+    colour it keeps (``colour_ratio``, see :func:`colour_ratio`), from one pass of the VAE."""
+    sums = _over_batches(vae, images, batch_size, lambda x, g: torch.stack(
+        [F.mse_loss(g, x, reduction="sum"), _chroma(g).sum(), _chroma(x).sum()]))
+    squared_error, chroma_g, chroma_x = torch.stack(sums).sum(0).tolist()
+    mse = squared_error / images.numel()
+    return {"mse": mse, "psnr": 10 * math.log10(1 / max(mse, 1e-12)), "colour_ratio": chroma_g / max(chroma_x, 1e-12)}
 
 
 def _chroma(x: Tensor) -> Tensor:
@@ -215,9 +218,7 @@ def colour_ratio(vae: IdentityVAE, images: Tensor, batch_size: int = 512) -> flo
 
     1.0 means as colourful as the input; a VAE that returns grey images scores 0.
     """
-    sums = _over_batches(vae, images, batch_size, lambda x, g: torch.stack([_chroma(g).sum(), _chroma(x).sum()]))
-    total = torch.stack(sums).sum(0)
-    return (total[0] / total[1].clamp_min(1e-12)).item()
+    return reconstruction_metrics(vae, images, batch_size)["colour_ratio"]
 
 
 def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
@@ -253,8 +254,7 @@ def held_out_report(vae: IdentityVAE, images: Tensor, image_size: int, seed: int
                            for i in range(0, images.shape[0], 1024)])
     report = {}
     for name, x in (("images", images), ("simclr_views", views)):
-        report[name] = {**reconstruction_metrics(vae, x), "colour_ratio": colour_ratio(vae, x),
-                        "baselines_psnr": baseline_metrics(x)}
+        report[name] = {**reconstruction_metrics(vae, x), "baselines_psnr": baseline_metrics(x)}
     report["count"] = images.shape[0]
     return report
 
@@ -414,11 +414,13 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
                                      f"check the data. Nothing of this epoch was saved.")
         held = reconstruction_metrics(vae, held_images[:EPOCH_HELD_OUT])
         rows.append({"epoch": epoch + 1, "loss": epoch_loss, "held_out_mse": held["mse"],
-                     "held_out_psnr": held["psnr"], "lr": scheduler.get_last_lr()[0], "seconds": seconds,
+                     "held_out_psnr": held["psnr"], "held_out_colour": held["colour_ratio"],
+                     "lr": scheduler.get_last_lr()[0], "seconds": seconds,
                      "images_per_second": steps * args.batch_size / epoch_seconds})
         atomic_write_jsonl(out / METRICS, rows)
         if not args.no_progress:
-            tqdm.write(f"epoch {epoch + 1}: loss {epoch_loss:.4f}  held-out PSNR {held['psnr']:.2f} dB")
+            tqdm.write(f"epoch {epoch + 1}: loss {epoch_loss:.4f}  held-out PSNR {held['psnr']:.2f} dB, colour kept "
+                       f"{held['colour_ratio']:.3f}")
         longest = max(longest, time.perf_counter() - started)
         if epoch + 1 < last_epoch and next_epoch_would_overrun(deadline, longest):
             last_epoch = epoch + 1

@@ -43,6 +43,7 @@ def test_tiny_run_writes_a_hub_checkpoint(tmp_path, capsys):
     assert vae.config.latent_dim == 8
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and all(r["images_per_second"] > 0 for r in records)
+    assert all(0 <= r["held_out_colour"] < 2 and r["held_out_psnr"] > 0 for r in records)
     card = (out / "README.md").read_text()
     assert "idaa-train-vae --dataset photos" in card  # the command that made it
     held = json.loads((out / "held_out.json").read_text())
@@ -314,6 +315,11 @@ def test_colour_ratio_on_known_answers():
     halfway = lambda x: 0.5 * x + 0.5 * x.mean(1, keepdim=True)  # noqa: E731
     assert colour_ratio(_FixedOutput(halfway), images) == pytest.approx(0.5, abs=1e-5)
     assert reconstruction_metrics(_FixedOutput(lambda x: x), images)["mse"] == pytest.approx(0.0)
+    calls = []
+    counted = _FixedOutput(lambda x: calls.append(1) or halfway(x))
+    both = reconstruction_metrics(counted, images, batch_size=4)
+    assert both["colour_ratio"] == pytest.approx(0.5, abs=1e-5) and both["mse"] > 0
+    assert len(calls) == 2  # one decode per batch gives the error and the colour together
 
 
 def test_half_precision_weights_load_into_float32_and_reconstruct_alike(tmp_path):
