@@ -68,8 +68,9 @@ def embedding_distance(readme: dict, x1: torch.Tensor) -> float:
 def test_training_step_term_decreases_the_x_x_adv_embedding_distance(readme, single_thread):
     """The README's step with alpha = 1 brings x and x_adv embeddings closer than the same steps with alpha = 0.
 
-    The transform's step is raised from the README's eps = 0.1 to 1.0, so that ten steps of a fresh model show the
-    effect well above noise (at 0.1 the x/x_adv distances are about 5e-4 either way).
+    The transform's step is raised from the README's eps = 0.1 to 1.0, so that twenty steps of a fresh model show the
+    effect well above noise (at 0.1 the x/x_adv distances are about 5e-4 either way). With the shipped VAE, alpha = 1
+    ends at 0.55-0.62x the starting distance over input seeds 1-3 (ten steps: 0.70-0.76x).
     """
     model, normalise, idaa = readme["model"], readme["normalise"], readme["idaa"]
     idaa.eps = idaa.step_size = 1.0
@@ -81,7 +82,7 @@ def test_training_step_term_decreases_the_x_x_adv_embedding_distance(readme, sin
     for alpha in (0.0, 1.0):
         model.load_state_dict(start)
         readme["alpha"] = alpha
-        for _ in range(10):
+        for _ in range(20):
             readme["training_step"](x1, x2)
         distances[alpha] = embedding_distance(readme, x1)
     model.load_state_dict(start)
