@@ -5,8 +5,11 @@
 # Run from the repository root, on the GPU machine, with the CIFAR-10 pack and the benchmark's kornia wheels carried
 # (both git-ignored; scripts/pack_cifar10.sh makes the pack, `pip download` the wheels: docs/EVIDENCE.md):
 #
-#   STAGES="vae" SESSION_SECONDS=560 bash scripts/gpu_session.sh      # a session's first call: the VAE
-#   STAGES="bench compare" bash scripts/gpu_session.sh                # later calls
+#   STAGES="bench vae" SESSION_SECONDS=560 bash scripts/gpu_session.sh   # the first GPU session: bench, then the VAE
+#   STAGES="compare" SESSION_SECONDS=560 bash scripts/gpu_session.sh     # later sessions, once a VAE is shipped
+#
+# 15 minutes of device time a session, the machine's start included, leave room for one such call: put what belongs
+# to one session into that call's STAGES.
 #
 # Stages (run in the order given, each skipped once the session's time is spent):
 #   bench    `make bench-trainer-gpu`: the trainer's step against the model-only step, the views, the IDAA step,
@@ -21,7 +24,7 @@
 #            Every run of one comparison must use the same VAE: train and ship the VAE first, then compare.
 #
 # Settings (environment variables; defaults in brackets):
-#   OUT [runs/gpu-session]  SESSION_SECONDS [540]  PYTHON [python3]  DEVICE [cuda]  AMP [--amp]
+#   STAGES ["bench vae"]  OUT [runs/gpu-session]  SESSION_SECONDS [540]  PYTHON [python3]  DEVICE [cuda]  AMP [--amp]
 #   DATA_PACK [data/cifar10-jpeg.tar.xz]  DATA_DIR [data/cifar10-jpeg]
 #   VAE_EPOCHS [auto: as many as fit, at most 300]  VAE_MINUTES [7]  VAE_OUT [runs/vae-cifar10-gpu]  VAE_ARGS [""]
 #   COMPARE_ARGS ["--epochs 20 --seeds 0 1 2 --batch-size 512"]  COMPARE_OUT [runs/compare-cifar10-gpu]
@@ -38,7 +41,7 @@ SESSION_SECONDS=${SESSION_SECONDS:-540}
 PYTHON=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 AMP=${AMP---amp}
-STAGES=${STAGES:-vae}
+STAGES=${STAGES:-bench vae}
 DATA_PACK=${DATA_PACK:-data/cifar10-jpeg.tar.xz}
 DATA_DIR=${DATA_DIR:-data/cifar10-jpeg}
 VAE_EPOCHS=${VAE_EPOCHS:-auto}
