@@ -96,6 +96,11 @@ def load_cifar(name: str, root: str | Path, *, train: bool, download: bool = Fal
     classes = CIFAR10_CLASSES if name == "cifar10" else CIFAR100_CLASSES
     split = "train" if train else "test"
     batch_dir = root / folder
+    halves = {s: (root / s).is_dir() for s in ("train", "test")}
+    if not batch_dir.is_dir() and any(halves.values()) and not all(halves.values()):
+        there, absent = ("train", "test") if halves["train"] else ("test", "train")
+        raise FileNotFoundError(f"{name}: {root / there}/ is there but {root / absent}/ is not; a class-folder copy "
+                                f"needs both ({_layouts(name, root)}), so that evaluation runs on the held-out split.")
     if not batch_dir.is_dir() and (root / split).is_dir():
         found = class_folders(root / split)
         by_lower = {c.lower(): c for c in found}

@@ -191,6 +191,8 @@ def _local_path_reason(name_or_path: str | os.PathLike) -> str | None:
         return "Hub repo ids contain no '\\'"
     if name.count("/") > 1:
         return "Hub repo ids have at most one '/'"
+    if "/" not in name:  # the Hub's few bare ids are legacy transformers models, never a checkpoint of this package
+        return "checkpoints on the Hub have ids of the form 'org/name'"
     parent = Path(name).parent
     if "/" in name and parent.is_dir():
         return f"its parent folder {str(parent)!r} exists"
@@ -205,8 +207,8 @@ def find_checkpoint(
     """The local paths of a checkpoint's ``filenames``, from a local folder or a Hub repo (downloaded or cached).
 
     A name that is not an existing folder is looked up on the Hub, unless it can only be a local path (it starts with
-    ``/``, ``./``, ``../`` or ``~``, has more than one ``/``, or its parent folder exists): then the error says so at
-    once, without a network request.
+    ``/``, ``./``, ``../`` or ``~``, has no ``/`` or more than one, or its parent folder exists): then the error says
+    so at once, without a network request.
 
     Args:
         name_or_path: a local folder or a Hub repo id (``"org/name"``).

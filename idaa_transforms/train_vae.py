@@ -44,8 +44,8 @@ from idaa_transforms._files import (atomic_torch_save, atomic_write_jsonl, atomi
 from idaa_transforms._grids import decomposition_rows, save_image_rows
 from idaa_transforms._hub import write_model_card
 from idaa_transforms._rng import rng_state, set_rng_state
-from idaa_transforms.data import DATASETS, EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS, batches, load_images, \
-    memory_format_for, photo_crops, to_float_images, to_uint8_images
+from idaa_transforms.data import DATASETS, EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS, batches, class_balanced_subset, \
+    load_images, memory_format_for, photo_crops, to_float_images, to_uint8_images
 from idaa_transforms.vae import IdentityVAE, VAEConfig, vae_loss
 from idaa_transforms.views import simclr_views
 
@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "imagefolder: train/<class>/ and test/<class>/ of any image type")
     data.add_argument("--download", action="store_true", help="let torchvision download CIFAR/STL-10 if not found")
     data.add_argument("--subset", type=positive_int, default=None,
-                      help="train on a class-balanced, seeded subset of this many training images")
+                      help="train on a class-balanced, seeded subset of this many training images, and report on one "
+                           "of at most as many test images")
     data.add_argument("--crops-per-photo", type=positive_int, default=2048, help="'photos': training crops per photograph")
     data.add_argument("--held-out-crops", type=positive_int, default=256, help="'photos': held-out crops per photograph")
     data.add_argument("--augment", default="simclr", choices=AUGMENTS,
@@ -137,10 +138,15 @@ def _datasets(args: argparse.Namespace) -> tuple[Tensor, Tensor, str]:
         return train, held_out, about
     common = dict(image_size=args.image_size, download=args.download)
     train, _ = load_images(args.dataset, args.data_dir, train=True, subset=args.subset, seed=args.seed, **common)
-    held_out, _ = load_images(args.dataset, args.data_dir, train=False, **common)
+    held_out, held_labels = load_images(args.dataset, args.data_dir, train=False, **common)
     subset = f"a class-balanced subset (seed {args.seed}) of " if args.subset else ""
-    about = (f"{subset}the {args.dataset} training split ({len(train)} images); held out: its test split "
-             f"({len(held_out)} images), never seen in training.")
+    held_text = f"its test split ({len(held_out)} images)"
+    if args.subset and len(held_out) > args.subset:  # as the comparison harness does: at most as many as trained on
+        held_text = (f"a class-balanced subset (seed 0) of {args.subset} of its test split's {len(held_out)} "
+                     f"images")
+        held_out = held_out[class_balanced_subset(held_labels, args.subset, seed=0)]
+    about = (f"{subset}the {args.dataset} training split ({len(train)} images); held out: {held_text}, never seen "
+             f"in training.")
     return train, held_out, about
 
 

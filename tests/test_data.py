@@ -69,9 +69,20 @@ def test_cifar10_class_folders_follow_the_canonical_order(tmp_path):
 
 
 def test_cifar100_class_folders(tmp_path):
-    write_class_folders(tmp_path, CIFAR100_CLASSES, per_class=1, splits=("test",))
+    write_class_folders(tmp_path, CIFAR100_CLASSES, per_class=1)
     images, labels = load_images("cifar100", tmp_path, train=False)
     assert images.shape == (100, 3, 32, 32) and labels.tolist() == list(range(100))
+
+
+@pytest.mark.parametrize("present, absent", [("train", "test"), ("test", "train")])
+def test_half_a_class_folder_copy_is_refused_before_any_image_is_decoded(tmp_path, monkeypatch, present, absent):
+    from idaa_transforms import _cifar
+
+    write_class_folders(tmp_path, CIFAR10_CLASSES, per_class=1, splits=(present,))
+    monkeypatch.setattr(_cifar, "load_image_folder", lambda *a, **k: pytest.fail("decoded before the check"))
+    for train in (True, False):
+        with pytest.raises(FileNotFoundError, match=f"{present}/ is there but .*{absent}/ is not"):
+            load_images("cifar10", tmp_path, train=train)
 
 
 def test_class_folders_of_another_data_set_are_refused(tmp_path):

@@ -129,8 +129,8 @@ def test_missing_file_in_local_folder(tiny_vae, tmp_path):
 
 
 def test_not_a_folder_nor_repo_id():
-    with pytest.raises(CheckpointError, match=r"'bad name!': no such folder, and not a valid Hub repo id"):
-        IdentityVAE.from_pretrained("bad name!")
+    with pytest.raises(CheckpointError, match=r"'bad name/x!': no such folder, and not a valid Hub repo id"):
+        IdentityVAE.from_pretrained("bad name/x!")
 
 
 def test_corrupted_safetensors(tiny_vae, tmp_path):
@@ -233,6 +233,7 @@ def no_network(monkeypatch):
         ("~/no-such-vae", "it starts like a path"),
         ("runs/cifar/vae", "Hub repo ids have at most one '/'"),
         ("tests/vae-cifar10", "its parent folder 'tests' exists"),
+        ("idaa-vae-cifar1", "checkpoints on the Hub have ids of the form 'org/name'"),  # a typo, no 23 s of retries
         (Path("vae-cifar10"), "it was given as a Path"),
     ],
 )

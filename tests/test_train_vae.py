@@ -280,6 +280,19 @@ def test_imagefolder_dataset(tmp_path):
     assert "imagefolder training split (8 images)" in (out / "README.md").read_text()
 
 
+def test_a_subset_run_reports_on_as_many_test_images(tmp_path):
+    from idaa_transforms._cifar import CIFAR10_CLASSES
+    from helpers import write_class_folders
+
+    write_class_folders(tmp_path / "cifar", CIFAR10_CLASSES, per_class=4)  # 40 train, 40 test images
+    out = run(["--dataset", "cifar10", "--data-dir", str(tmp_path / "cifar"), "--subset", "20", "--width", "16",
+               "--latent-dim", "8", "--batch-size", "10", "--epochs", "1", "--device", "cpu", "--no-progress",
+               "--out", str(tmp_path / "vae")])
+    assert json.loads((out / "held_out.json").read_text())["count"] == 20
+    assert "held out: a class-balanced subset (seed 0) of 20 of its test split's 40 images" in \
+        (out / "README.md").read_text()
+
+
 def test_reconstruction_metrics_of_a_perfect_and_a_flat_model():
     images = torch.rand(4, 3, 32, 32)
     scores = baseline_metrics(images)

@@ -49,6 +49,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 
 from idaa_transforms import _cli, _files
@@ -68,7 +69,7 @@ HARNESS_DEFAULTS = {"dataset": "photos", "epochs": 10, "batch_size": 128, "arch"
 #: Trainer options the harness sets per run itself.
 _PER_RUN = ("seed", "out", "resume", "overwrite", "stop_after", "max_minutes", "idaa", "adversary", "pixel_eps",
             "no_progress")
-CALIBRATION, ANCHORS = "calibration.json", "anchors.json"
+CALIBRATION, VIEWS, ANCHORS = "calibration.json", "views.safetensors", "anchors.json"
 
 
 def variant_list(text: str) -> list[str]:
@@ -151,11 +152,15 @@ def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, varia
     earlier = _files.read_jsonl(out / CALLS)  # the calls that wrote this report before
     context = ReportContext(**call, data=check_no_leak(base.dataset, base.vae), earlier_calls=earlier)
     print(context.data, flush=True)
-    calibration = _calibration(base, args.calibration_images, out, report_dir)
-    print(f"pixel FGSM eps matched to IDAA's mean L2 perturbation: {calibration.pixel_eps:.5f}", flush=True)
+    scheduler = Scheduler(base, out, resume=args.resume_runs, deadline=deadline, whole_runs=args.whole_runs)
+    scheduler.check_finished([RunSpec(v, seed, args.epochs) for seed in args.seeds for v in variants])
+    calibration = None  # IDAA's perturbation, measured (and the pixel FGSM matched) when a variant attacks
+    if len(variants) > 1:
+        calibration = _calibration(base, args.calibration_images, out, report_dir, "pixel_fgsm" in variants)
+        scheduler.pixel_eps = calibration.pixel_eps
+        if "pixel_fgsm" in variants:
+            print(f"pixel FGSM eps matched to IDAA's mean L2 perturbation: {calibration.pixel_eps:.5f}", flush=True)
     anchors = Anchors(_random_init_knn(base, out) if args.anchors else None, published_anchors(base.dataset))
-    scheduler = Scheduler(base, out, calibration.pixel_eps, resume=args.resume_runs, deadline=deadline,
-                          whole_runs=args.whole_runs)
     plan: dict[str, int] | None = None
     on_record = False  # this call goes into calls.jsonl when it first writes the report (one refused before: not)
 
@@ -209,19 +214,23 @@ def _runs(records: Sequence[RunRecord], variant: str, epochs: int, seeds: Sequen
                   key=lambda r: r.seed)
 
 
-def _calibration(base: TrainConfig, images: int, out: Path, report_dir: Path) -> Calibration:
-    """The saved calibration if it was made with the same settings, else a new one (and the views picture)."""
-    path, wanted = out / CALIBRATION, settings_of(base, images)
+def _calibration(base: TrainConfig, images: int, out: Path, report_dir: Path, with_fgsm: bool) -> Calibration:
+    """The saved calibration if it was made with the same settings, else a new one; the views picture is drawn
+    again from the saved views, with the pixel FGSM's rows only ``with_fgsm``."""
+    path, views, wanted = out / CALIBRATION, out / VIEWS, settings_of(base, images)
+    calibration = None
     if path.is_file():
         saved = Calibration.from_dict(json.loads(path.read_text()))
         if json.loads(json.dumps(saved.settings)) != json.loads(json.dumps(wanted)):
             raise ValueError(f"{path} was made with other settings ({saved.settings}, now {wanted}); use another "
                              f"--out, or delete the file to calibrate again.")
-        if (report_dir / "views_grid.png").is_file():
-            return saved
-    calibration, rows = calibrate(base, images)
-    _files.atomic_write_json(path, calibration.to_dict())
-    write_views_grid(rows, report_dir / "views_grid.png", calibration.pixel_eps)
+        if views.is_file():
+            calibration, rows = saved, safetensors.torch.load_file(str(views))
+    if calibration is None:
+        calibration, rows = calibrate(base, images)
+        _files.atomic_write_bytes(views, safetensors.torch.save(rows))
+        _files.atomic_write_json(path, calibration.to_dict())
+    write_views_grid(rows, report_dir / "views_grid.png", calibration.pixel_eps, with_fgsm=with_fgsm)
     return calibration
 
 

@@ -14,16 +14,20 @@ from idaa_transforms.experiments.schedule import LABELS, VARIANTS, RunRecord
 __all__ = ["write_views_grid", "write_knn_plot"]
 
 
-def write_views_grid(rows: dict[str, Tensor], path: Path, pixel_eps: float) -> None:
-    """x, G(x), R(x), IDAA x_adv and its difference, pixel FGSM x_adv and its difference (one gain around grey)."""
+def write_views_grid(rows: dict[str, Tensor], path: Path, pixel_eps: float, with_fgsm: bool = True) -> None:
+    """x, G(x), R(x), IDAA x_adv and its difference, and (``with_fgsm``) pixel FGSM x_adv and its difference, with
+    one gain around grey for the differences."""
     x = rows["x"]
-    d_idaa, d_fgsm = rows["idaa"] - x, rows["fgsm"] - x
-    gain = 0.5 / float(torch.maximum(d_idaa.abs().amax(), d_fgsm.abs().amax()).clamp_min(1e-8))
-    save_image_rows([("x", x), ("G(x)", rows["reconstruction"]), ("R(x) x4", rows["residual"] * 4 + 0.5),
-                     ("IDAA x_adv", rows["idaa"]), (f"IDAA diff x{gain:.0f}", d_idaa * gain + 0.5),
-                     ("FGSM x_adv", rows["fgsm"]), (f"FGSM diff x{gain:.0f}", d_fgsm * gain + 0.5)], path,
-                    title=f"Same training images: IDAA (latent eps) vs pixel FGSM (eps = {pixel_eps:.4f}, matched "
-                          f"mean L2); differences share one gain around grey")
+    diffs = {"idaa": rows["idaa"] - x} | ({"fgsm": rows["fgsm"] - x} if with_fgsm else {})
+    gain = 0.5 / float(max(d.abs().amax() for d in diffs.values()).clamp_min(1e-8))
+    picture = [("x", x), ("G(x)", rows["reconstruction"]), ("R(x) x4", rows["residual"] * 4 + 0.5),
+               ("IDAA x_adv", rows["idaa"]), (f"IDAA diff x{gain:.0f}", diffs["idaa"] * gain + 0.5)]
+    title = "Same training images: x, its VAE decomposition and IDAA's view (latent eps)"
+    if with_fgsm:
+        picture += [("FGSM x_adv", rows["fgsm"]), (f"FGSM diff x{gain:.0f}", diffs["fgsm"] * gain + 0.5)]
+        title = (f"Same training images: IDAA (latent eps) vs pixel FGSM (eps = {pixel_eps:.4f}, matched mean L2); "
+                 f"differences share one gain around grey")
+    save_image_rows(picture, path, title=title)
 
 
 def write_knn_plot(equal_epochs: dict[str, list[RunRecord]], equal_time: dict[str, list[RunRecord]], path: Path,

@@ -63,15 +63,22 @@ def describe_difference(label: str, metric: str, comparison: PairedComparison,
         'IDAA - baseline, kNN: +0.17 ± 1.61 points over 3 seeds (paired t p = 0.87, sign-flip p = 1.00): not ...'
     """
     s = comparison.summary
-    head = (f"{label}, {metric}: {s.mean:+.2f} ± {s.std:.2f} points over {s.n} seeds "
-            f"(paired t p = {comparison.t_p_value:.2f}, sign-flip p = {comparison.sign_flip_p_value:.2f})")
     if s.n < 2:
         return f"{label}, {metric}: {s.mean:+.2f} points from a single seed: no spread, no test, not evidence."
+    smallest = 2 / 2**s.n
+    if s.std == 0:  # the t-test is undefined: only the sign-flip test speaks
+        head = (f"{label}, {metric}: {s.mean:+.2f} points in each of {s.n} seeds (no spread, so no paired t-test; "
+                f"sign-flip p = {comparison.sign_flip_p_value:.2f})")
+        if s.mean == 0 or comparison.sign_flip_p_value > significance:
+            return head + ": not distinguishable from seed noise."
+        direction = "higher" if s.mean > 0 else "lower"
+        return head + f": {direction} in every seed, beyond chance by the exact sign-flip test."
+    head = (f"{label}, {metric}: {s.mean:+.2f} ± {s.std:.2f} points over {s.n} seeds "
+            f"(paired t p = {comparison.t_p_value:.2f}, sign-flip p = {comparison.sign_flip_p_value:.2f})")
     if abs(s.mean) < s.std or not comparison.t_p_value <= significance:
         return head + ": not distinguishable from seed noise."
     direction = "higher" if s.mean > 0 else "lower"
     text = head + f": {direction}, beyond the seed-to-seed spread by the paired t-test"
-    smallest = 2 / 2**s.n
     if comparison.sign_flip_p_value <= significance:
         return text + ", and the exact sign-flip test agrees."
     if smallest > significance:
@@ -109,8 +116,15 @@ def _fmt(values: Sequence[float]) -> str:
     return f"{s.mean:.1f} ± {s.std:.1f}" if s.n > 1 else f"{s.mean:.1f} (1 seed)"
 
 
-def _section(pick: dict[str, list[RunRecord]], title: str) -> tuple[list[str], list[str], dict[str, Any]]:
-    """Markdown lines, sentences and JSON of one comparison (equal epochs or equal time)."""
+def _p_text(p: float) -> str:
+    """A p-value for the tables: three decimals, or "undefined" where the test is (one seed, or no spread)."""
+    return "undefined" if p != p else f"{p:.3f}"
+
+
+def _section(pick: dict[str, list[RunRecord]], title: str,
+             skip: set[str] = frozenset()) -> tuple[list[str], list[str], dict[str, Any]]:
+    """Markdown lines, sentences and JSON of one comparison (equal epochs or equal time); the pairs whose two
+    variants are both in ``skip`` are left out (at equal time: the same runs as at equal epochs)."""
     lines = [f"### {title}", "", "| variant | epochs | seeds | kNN acc. (%) | linear acc. (%) | s / epoch (median) |",
              "| --- | --- | --- | --- | --- | --- |"]
     data: dict[str, Any] = {"variants": {}, "paired": []}
@@ -129,6 +143,8 @@ def _section(pick: dict[str, list[RunRecord]], title: str) -> tuple[list[str], l
              "| --- | --- | --- | --- | --- | --- |"]
     sentences = []
     for a, b in pairs:
+        if a in skip and b in skip:
+            continue
         runs_a, runs_b = {r.seed: r for r in pick.get(a, [])}, {r.seed: r for r in pick.get(b, [])}
         seeds = sorted(set(runs_a) & set(runs_b))
         if not seeds:
@@ -138,7 +154,7 @@ def _section(pick: dict[str, list[RunRecord]], title: str) -> tuple[list[str], l
             c = paired_comparison([getattr(runs_a[s], key) for s in seeds], [getattr(runs_b[s], key) for s in seeds])
             per_seed = ", ".join(f"{d:+.1f}" for d in c.differences)
             table.append(f"| {label} | {metric} | {c.summary.mean:+.2f} ± {c.summary.std:.2f} | {per_seed} | "
-                         f"{c.t_p_value:.3f} | {c.sign_flip_p_value:.3f} |")
+                         f"{_p_text(c.t_p_value)} | {c.sign_flip_p_value:.3f} |")
             sentences.append(describe_difference(label, metric, c))
             data["paired"].append({"variant": a, "against": b, "metric": key, "seeds": seeds,
                                    "differences": list(c.differences), "mean": c.summary.mean, "std": c.summary.std,
@@ -180,7 +196,22 @@ def _earlier_call_lines(calls: Sequence[dict[str, str]]) -> list[str]:
             *(f"  - `{c['command']}` ({c['date']}, {c['machine']})" for c in calls)]
 
 
-def _header(base: TrainConfig, c: Calibration, context: ReportContext, epochs: int, seeds: Sequence[int]) -> list[str]:
+def _perturbation_lines(c: Calibration | None, variants: Sequence[str]) -> list[str]:
+    """How large IDAA's perturbation is and, for the variants asked for, the eps = 0 control's and the pixel FGSM's
+    matched budget."""
+    if c is None:
+        return []
+    idaa = f"mean L2 norm per image of IDAA's perturbation {c.idaa_l2:.4f}"
+    measured = f"measured once on {c.images} {INPUTS} (seed {c.seed})"
+    eps0 = f"eps = 0 control's: {c.eps0_l2:.2e}" if "eps0" in variants else ""
+    if "pixel_fgsm" not in variants:
+        return [f"- {idaa}" + (f" ({eps0})" if eps0 else "") + f", {measured}"]
+    return [f"- pixel FGSM eps = {c.pixel_eps:.5f} (L-inf, [0, 1] pixels): matches the {idaa}, {measured}; "
+            f"FGSM's L2 there: {c.fgsm_l2:.4f}" + (f"; {eps0}" if eps0 else "")]
+
+
+def _header(base: TrainConfig, c: Calibration | None, context: ReportContext, epochs: int, seeds: Sequence[int],
+            variants: Sequence[str]) -> list[str]:
     """The report's title and its list of what ran where, on which data, with which settings."""
     subset = (f" Class-balanced subsets (fixed, seed 0) of {base.subset} training and at most {base.subset} test "
               f"images." if base.subset else "")
@@ -193,26 +224,25 @@ def _header(base: TrainConfig, c: Calibration, context: ReportContext, epochs: i
              f"{base.attack_steps} attack step(s), dual BatchNorm {base.dual_bn}, amp {base.amp}, seeds "
              f"{', '.join(map(str, seeds))}" + (f", {base.crops_per_photo} crops per photograph" if
                                                  base.dataset == "photos" else ""),
-             f"- pixel FGSM eps = {c.pixel_eps:.5f} (L-inf, [0, 1] pixels): matches the mean L2 norm per image of "
-             f"IDAA's perturbation, {c.idaa_l2:.4f}, measured once on {c.images} {INPUTS} (seed {c.seed}); FGSM's L2 "
-             f"there: {c.fgsm_l2:.4f}; eps = 0 control's: {c.eps0_l2:.2e}",
+             *_perturbation_lines(c, variants),
              "- evaluation: kNN monitor and linear probe on frozen, L2-normalised backbone features of the test split",
              "- every table row says how many seeds and epochs its numbers have; a variant with fewer seeds than "
              "asked for is incomplete", "", "## Results", ""]
 
 
 def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[str, list[RunRecord]] | None,
-                 plan: dict[str, int] | None, epochs: int, seeds: Sequence[int], calibration: Calibration,
+                 plan: dict[str, int] | None, epochs: int, seeds: Sequence[int], calibration: Calibration | None,
                  base: TrainConfig, context: ReportContext, anchors: Anchors | None = None,
                  not_started: Sequence[str] = (), unfinished: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
     """The markdown report and its JSON twin, from finished runs only.
 
     Args:
-        equal_epochs: the finished runs at ``epochs`` epochs, by variant (in seed order).
+        equal_epochs: the finished runs at ``epochs`` epochs, by variant (in seed order), with every variant asked
+            for as a key (an empty list when none has finished).
         equal_time: the equal wall-clock time runs by variant (the baseline's are its equal-epoch runs), or ``None``.
         plan: the equal-time epochs of each variant, or ``None``.
         epochs, seeds: what was asked for.
-        calibration: the matched pixel FGSM budget.
+        calibration: IDAA's measured perturbation and the matched pixel FGSM budget (``None``: baseline only).
         base: the settings every run shares.
         context: command, date, machine and data.
         anchors: the baseline's sanity anchors.
@@ -222,11 +252,12 @@ def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[s
     c = calibration
     all_runs = [*{r.folder: r for runs in [*equal_epochs.values(), *(equal_time or {}).values()]
                   for r in runs}.values()]
-    lines = _header(base, c, context, epochs, seeds)
+    with_fgsm = "pixel_fgsm" in equal_epochs
+    lines = _header(base, c, context, epochs, seeds, list(equal_epochs))
     sec_lines, sentences, data_epochs = _section(equal_epochs, f"Equal epochs ({epochs})")
     lines += sec_lines
     lines += _anchor_lines(anchors, equal_epochs.get("baseline", []), base)
-    data: dict[str, Any] = {"context": dataclasses.asdict(context), "calibration": c.to_dict(),
+    data: dict[str, Any] = {"context": dataclasses.asdict(context), "calibration": None if c is None else c.to_dict(),
                             "config": base.to_dict(), "epochs": epochs, "seeds": list(seeds),
                             "equal_epochs": data_epochs, "equal_time_plan": plan,
                             "anchors": {"random_init_knn": anchors.random_init_knn,
@@ -241,12 +272,20 @@ def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[s
             f"per epoch)" for v, e in plan.items())
         lines += ["", f"Equal wall-clock time: each variant gets E' = max(1, round({epochs} x {baseline_sec:.2f} s / "
                       f"its s per epoch)) epochs, with the medians over every epoch of the equal-epoch runs, and a "
-                      f"full schedule of its own: {plan_text}. Runs whose E' equals {epochs} are the equal-epoch "
-                      f"runs themselves.", ""]
-        sec_lines, time_sentences, data["equal_time"] = _section(equal_time, "Equal wall-clock time")
-        lines += sec_lines
+                      f"full schedule of its own: {plan_text}.", ""]
+        same = {"baseline", *(v for v, e in plan.items() if e == epochs)}  # their equal-time runs are the same runs
+        if same >= set(plan):
+            lines += [f"Every variant's E' is {epochs}: the equal-time runs are the equal-epoch runs, and the "
+                      f"comparison above is the equal-time comparison too."]
+        else:
+            sec_lines, time_sentences, data["equal_time"] = _section(equal_time, "Equal wall-clock time", skip=same)
+            lines += sec_lines
+            if len(same) > 1:
+                lines += ["", f"Pairs of variants whose E' are both {epochs} ("
+                              + ", ".join(LABELS[v] for v in VARIANTS if v in same)
+                              + ") are the equal-epoch pairs above, not repeated here."]
     lines += ["", "## What this does and does not show", "", _conclusion(sentences, time_sentences, seeds,
-                                                                         calibration, epochs, base)]
+                                                                         calibration, epochs, base, list(equal_epochs))]
     if not_started or unfinished:
         lines += ["", "Not finished when the time limit came (continue with the same command and `--resume`): "
                       + ", ".join([*unfinished, *(f"{name} (not started)" for name in not_started)]) + "."]
@@ -255,13 +294,16 @@ def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[s
     for r in sorted(all_runs, key=lambda r: (VARIANTS.index(r.variant), r.epochs, r.seed)):
         lines.append(f"| {r.variant} | {r.seed} | {r.epochs} | {r.knn_acc:.1f} | {r.linear_acc:.1f} | "
                      f"{r.sec_per_epoch:.2f} | {Path(r.folder).name} |")
-    lines += ["", "Pictures: `knn_curves.png` (kNN accuracy per epoch, mean and min-max over seeds) and "
-                  "`views_grid.png` (x, G(x), R(x), x_adv and amplified differences for IDAA and pixel FGSM)."]
+    pictures = "`knn_curves.png` (kNN accuracy per epoch, mean and min-max over seeds)"
+    if c is not None:
+        pictures += (" and `views_grid.png` (x, G(x), R(x), x_adv and amplified differences for IDAA"
+                     + (" and pixel FGSM)" if with_fgsm else ")"))
+    lines += ["", f"Pictures: {pictures}."]
     return "\n".join(lines) + "\n", data
 
 
-def _conclusion(sentences: list[str], time_sentences: list[str], seeds: Sequence[int], calibration: Calibration,
-                epochs: int, base: TrainConfig) -> str:
+def _conclusion(sentences: list[str], time_sentences: list[str], seeds: Sequence[int],
+                calibration: Calibration | None, epochs: int, base: TrainConfig, variants: Sequence[str]) -> str:
     """The plain paragraph: every paired result in words, then what the setup cannot show."""
     if not sentences:
         return "No paired comparison is available yet (the baseline or the variants have no finished runs)."
@@ -276,11 +318,15 @@ def _conclusion(sentences: list[str], time_sentences: list[str], seeds: Sequence
         parts.append(f"With {len(seeds)} seeds the exact sign-flip test cannot reach p < {SIGNIFICANCE} (its floor is "
                      f"{smallest:.3f}), so no result here is significant by that test whatever the numbers.")
     parts.append(f"This is one dataset ({base.dataset}), one architecture ({base.arch}), one method ({base.method}) "
-                 f"and {epochs} epochs: it does not show how the differences behave at other scales or on other data. "
-                 f"The pixel FGSM budget matches IDAA's mean L2 "
-                 f"perturbation at initialisation ({calibration.idaa_l2:.3f} per image), not during training, "
-                 f"when IDAA's perturbation may grow or shrink. The eps = 0 control isolates the attack from the "
-                 f"extra loss term and its cost: IDAA minus eps = 0 is the effect of the latent attack itself.")
+                 f"and {epochs} epochs: it does not show how the differences behave at other scales or on other "
+                 f"data.")
+    if "pixel_fgsm" in variants and calibration is not None:
+        parts.append(f"The pixel FGSM budget matches IDAA's mean L2 perturbation at initialisation "
+                     f"({calibration.idaa_l2:.3f} per image), not during training, when IDAA's perturbation may grow "
+                     f"or shrink.")
+    if "eps0" in variants:
+        parts.append("The eps = 0 control isolates the attack from the extra loss term and its cost: IDAA minus "
+                     "eps = 0 is the effect of the latent attack itself.")
     return " ".join(parts)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -185,6 +186,23 @@ class Scheduler:
             self.unfinished.append(f"{spec.name} ({result.stopped_after} of {spec.epochs} epochs)")
             return None
         return self._keep(RunRecord.from_result(spec, folder, result, time.perf_counter() - tic))
+
+    def check_finished(self, specs: Sequence[RunSpec]) -> None:
+        """Refuse, before anything is computed, finished runs of ``specs`` that were made with other settings (the
+        pixel FGSM's ``pixel_eps`` aside: :meth:`run` checks it once it is calibrated).
+
+        Raises:
+            ValueError: as :meth:`run` would, later.
+        """
+        for spec in specs:
+            cfg = variant_config(self.base, spec, self.pixel_eps if self.pixel_eps is not None else 0.0, self.out)
+            folder = Path(cfg.out)
+            if (folder / RESULTS).is_file():
+                changed = changed_settings(read_run(folder).config, cfg)
+                changed.pop("pixel_eps", None)
+                if changed:
+                    raise ValueError(f"{folder / RESULTS} was made with other settings (name: (found, wanted)): "
+                                     f"{changed}; use another --out.")
 
     def _keep(self, record: RunRecord) -> RunRecord:
         self.records.append(record)

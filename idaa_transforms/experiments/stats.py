@@ -74,7 +74,10 @@ def sign_flip_p_value(differences: Sequence[float]) -> float:
 
 
 def paired_t_p_value(differences: Sequence[float]) -> float:
-    """Two-sided p-value of the paired t-test (Student's t with ``n - 1`` degrees of freedom); NaN for ``n < 2``.
+    """Two-sided p-value of the paired t-test (Student's t with ``n - 1`` degrees of freedom).
+
+    NaN where the test is undefined: fewer than 2 differences, or differences without spread (all equal), whose t
+    statistic is 0 / 0 or infinite (``scipy.stats.ttest_1samp`` gives NaN there too).
 
     Example:
         >>> round(paired_t_p_value([1.0, 2.0, 3.0]), 4)
@@ -85,7 +88,7 @@ def paired_t_p_value(differences: Sequence[float]) -> float:
         return float("nan")
     s = summarize(differences)
     if s.std == 0:
-        return 0.0 if s.mean != 0 else 1.0
+        return float("nan")
     t = s.mean / (s.std / math.sqrt(n))
     return 2 * _student_t_sf(abs(t), n - 1)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -41,7 +42,7 @@ def test_bad_arguments_are_one_line_errors(argv, match, capsys):
     assert match in capsys.readouterr().err
 
 
-def test_compare_end_to_end(tmp_path, capsys):
+def test_compare_end_to_end(tmp_path, capsys, monkeypatch):
     argv = [*TINY, "--out", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report")]
     data = compare.main(argv)
     report = (tmp_path / "report" / "report.md").read_text()
@@ -72,17 +73,24 @@ def test_compare_end_to_end(tmp_path, capsys):
         return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in runs]
 
     assert stable(again["runs"]) == stable(data["runs"])
-    # The matched pixel eps depends on the settings: a saved calibration made with others is refused, not reused.
+    # Finished runs made with other settings are refused before anything is computed (no calibration first).
+    monkeypatch.setattr(compare, "calibrate", lambda *a, **k: pytest.fail("calibrated before the refusal"))
     with pytest.raises(SystemExit):
         compare.main([*argv, "--eps", "0.2"])
+    assert "baseline-e1-s0/results.json was made with other settings" in capsys.readouterr().err
+    # The matched pixel eps depends on the settings: a saved calibration made with others is refused, not reused.
+    with pytest.raises(SystemExit):
+        compare.main([*argv, "--calibration-images", "16"])
     assert "calibration.json was made with other settings" in capsys.readouterr().err
     calls = (tmp_path / "runs" / "calls.jsonl").read_text().splitlines()
-    assert len(calls) == 2 and "--eps" not in calls[-1]  # the refused call wrote no report, so it is not on record
+    assert len(calls) == 2 and "--eps" not in calls[-1]  # the refused calls wrote no report, so are not on record
 
 
-def test_max_minutes_then_resume_accumulates_in_one_report(tmp_path, capsys):
+def test_max_minutes_then_resume_accumulates_in_one_report(tmp_path, capsys, monkeypatch):
     argv = [*TINY, "--variants", "baseline", "--no-equal-time", "--no-anchors", "--out", str(tmp_path)]
-    stopped = compare.main([*argv, "--max-minutes", "0.0001"])  # time is up before the first run starts
+    with monkeypatch.context() as patch:  # time is up before the first run starts
+        patch.setattr(compare._cli, "deadline_after", lambda minutes, start=None: time.time() - 1)
+        stopped = compare.main([*argv, "--max-minutes", "0.0001"])
     assert stopped["not_started"] == ["baseline-e1-s0", "baseline-e1-s1"] and stopped["runs"] == []
     assert "not started" in (tmp_path / "report.md").read_text()
     assert "2 run(s) left for --resume" in capsys.readouterr().out
@@ -95,3 +103,23 @@ def test_max_minutes_then_resume_accumulates_in_one_report(tmp_path, capsys):
     calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
     assert [c["command"].endswith("--resume") for c in calls] == [False, True]
     assert finished["context"]["earlier_calls"] == calls[:1]
+
+
+def test_variants_not_asked_for_are_not_in_the_report_or_the_picture(tmp_path):
+    from PIL import Image
+
+    argv = [*TINY, "--seeds", "0", "--no-equal-time", "--no-anchors", "--out", str(tmp_path)]
+    compare.main([*argv, "--variants", "baseline,idaa"])
+    text = (tmp_path / "report.md").read_text()
+    assert "FGSM" not in text and "eps = 0" not in text and "IDAA's perturbation" in text
+    five_rows = Image.open(tmp_path / "views_grid.png").height
+    # Asking for the pixel FGSM later reuses the calibration and draws its rows too.
+    data = compare.main([*argv, "--variants", "baseline,idaa,pixel_fgsm"])
+    assert "pixel FGSM eps =" in (tmp_path / "report.md").read_text() and data["calibration"]["pixel_eps"] > 0
+    assert Image.open(tmp_path / "views_grid.png").height > five_rows
+
+
+def test_baseline_alone_is_not_calibrated(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "calibrate", lambda *a, **k: pytest.fail("calibrated for the baseline alone"))
+    data = compare.main([*TINY, "--seeds", "0", "--variants", "baseline", "--no-anchors", "--out", str(tmp_path)])
+    assert data["calibration"] is None and not (tmp_path / "views_grid.png").exists()

@@ -23,3 +23,10 @@ def test_views_grid_has_seven_labelled_rows(tmp_path):
     write_views_grid(rows, tmp_path / "views.png", pixel_eps=0.01)
     picture = Image.open(tmp_path / "views.png")
     assert picture.height == 18 + 7 * 98 + 2  # title line + 7 rows of 32 px shown at 96
+
+
+def test_views_grid_without_the_pixel_fgsm_has_five_rows(tmp_path):
+    x = torch.rand(4, 3, 32, 32)
+    rows = {"x": x, "reconstruction": x * 0.8, "residual": x * 0.2, "idaa": x + 0.01}  # no FGSM row asked for
+    write_views_grid(rows, tmp_path / "views.png", pixel_eps=0.01, with_fgsm=False)
+    assert Image.open(tmp_path / "views.png").height == 18 + 5 * 98 + 2

@@ -43,6 +43,14 @@ def test_consistent_difference_with_enough_seeds_passes_both_tests():
     assert describe_difference("a", "kNN", c).endswith("and the exact sign-flip test agrees.")
 
 
+def test_identical_differences_are_not_called_beyond_the_spread():
+    two = describe_difference("a", "kNN", paired_comparison([71.0, 72.0], [70.0, 71.0]))  # +1, +1: no spread
+    assert "no paired t-test" in two and "beyond the seed-to-seed spread" not in two
+    assert two.endswith("not distinguishable from seed noise.")  # sign-flip p = 0.5 with 2 seeds
+    six = describe_difference("a", "kNN", paired_comparison([71.0] * 6, [70.0] * 6))  # sign-flip p = 2 / 64
+    assert "higher in every seed, beyond chance by the exact sign-flip test" in six
+
+
 def test_single_seed_is_not_evidence():
     text = describe_difference("a", "kNN", paired_comparison([75.0], [70.0]))
     assert "single seed" in text and "not evidence" in text
@@ -83,7 +91,7 @@ def test_report_tables_anchors_and_left_over_runs():
                               not_started=["idaa-e2-s2"], unfinished=["eps0-e2-s0 (1 of 2 epochs)"])
     assert "| baseline (two views) | 2 | 3 | 81.0 ± 1.0 | 85.0 ± 0.0 |" in text
     assert "| IDAA | 2 | 2 | 81.5 ± 0.7 |" in text  # two seeds: the row says so
-    assert "IDAA - baseline (two views), kNN: +1.00 ± 0.00 points over 2 seeds" in text
+    assert "IDAA - baseline (two views), kNN: +1.00 points in each of 2 seeds" in text
     assert "randomly initialised resnet18, same data, no training | 0 | 41.5 |" in text
     assert "lightly benchmark" in text and "| 200 | 84.7 | - |" in text and "| 1000 | - | 90.7 |" in text
     assert "Class-balanced subsets (fixed, seed 0) of 2000 training and at most 2000 test images." in text
@@ -97,3 +105,45 @@ def test_report_without_anchors_on_photos_has_no_anchor_table():
     text, _ = build_report(equal_epochs=runs, equal_time=None, plan=None, epochs=2, seeds=[0, 1],
                            calibration=CALIBRATION, base=TrainConfig(dataset="photos"), context=CONTEXT)
     assert "Sanity anchors" not in text and "No paired comparison is available yet" in text
+
+
+def _two_variant_runs(epochs: int = 2) -> dict[str, list[RunRecord]]:
+    return {"baseline": [record("baseline", s, 80.0 + s, 85.0, epochs) for s in range(3)],
+            "idaa": [record("idaa", s, 81.5 + s, 86.0 + s, epochs) for s in range(3)],
+            "eps0": [record("eps0", s, 80.5 + s, 85.0 + s, epochs) for s in range(3)]}
+
+
+def test_equal_time_equal_to_equal_epochs_is_not_repeated_or_counted_twice():
+    runs = _two_variant_runs()
+    text, data = build_report(equal_epochs=runs, equal_time=runs, plan={"idaa": 2, "eps0": 2}, epochs=2,
+                              seeds=[0, 1, 2], calibration=CALIBRATION, base=TrainConfig(), context=CONTEXT)
+    assert "Every variant's E' is 2: the equal-time runs are the equal-epoch runs" in text
+    assert "### Equal wall-clock time" not in text and "At equal wall-clock time" not in text
+    assert "of 6 paired differences" in text  # 3 pairs x 2 metrics, once
+    assert "equal_time" not in data
+
+
+def test_equal_time_leaves_out_the_pairs_whose_runs_are_the_equal_epoch_runs():
+    runs = _two_variant_runs()
+    shorter = [record("idaa", s, 80.0 + s, 85.5, epochs=1) for s in range(3)]
+    text, data = build_report(equal_epochs=runs, equal_time={**runs, "idaa": shorter}, plan={"idaa": 1, "eps0": 2},
+                              epochs=2, seeds=[0, 1, 2], calibration=CALIBRATION, base=TrainConfig(), context=CONTEXT)
+    assert "### Equal wall-clock time" in text and "not repeated here" in text
+    pairs = {(p["variant"], p["against"]) for p in data["equal_time"]["paired"]}
+    assert pairs == {("idaa", "baseline"), ("idaa", "eps0")}  # eps0 - baseline is the equal-epoch pair
+    assert "of 10 paired differences" in text  # 6 at equal epochs + 4 at equal time
+
+
+def test_report_names_the_pixel_fgsm_only_when_it_was_asked_for():
+    runs = _two_variant_runs()
+    text, _ = build_report(equal_epochs=runs, equal_time=None, plan=None, epochs=2, seeds=[0, 1, 2],
+                           calibration=CALIBRATION, base=TrainConfig(), context=CONTEXT)
+    assert "FGSM" not in text and "mean L2 norm per image of IDAA's perturbation 1.2000" in text
+    assert "IDAA minus eps = 0 is the effect of the latent attack" in text
+    with_fgsm = {**runs, "pixel_fgsm": [record("pixel_fgsm", s, 80.0, 85.0) for s in range(3)]}
+    text, _ = build_report(equal_epochs=with_fgsm, equal_time=None, plan=None, epochs=2, seeds=[0, 1, 2],
+                           calibration=CALIBRATION, base=TrainConfig(), context=CONTEXT)
+    assert "pixel FGSM eps = 0.02000" in text and "The pixel FGSM budget matches" in text
+    alone, data = build_report(equal_epochs={"baseline": runs["baseline"]}, equal_time=None, plan=None, epochs=2,
+                               seeds=[0, 1, 2], calibration=None, base=TrainConfig(), context=CONTEXT)
+    assert "FGSM" not in alone and "views_grid" not in alone and data["calibration"] is None
