@@ -7,12 +7,13 @@ previous version intact, never a truncated one.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import pickle
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,36 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, markers: 
     except OSError as err:
         raise ValueError(f"--out: cannot write to {out} ({err.strerror}); choose a writable folder.") from None
     return out
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder: str | Path) -> Iterator[None]:
+    """On an error inside the block, remove ``folder`` and the parents of it that the block created, if they are
+    still empty: a run that fails to start (bad data, bad settings) leaves no empty ``--out`` behind.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> try:
+        ...     with removed_if_left_empty(root / "runs" / "a"):
+        ...         (root / "runs" / "a").mkdir(parents=True)
+        ...         raise ValueError("no data")
+        ... except ValueError:
+        ...     pass
+        >>> (root / "runs").exists()
+        False
+    """
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    try:
+        yield
+    except BaseException:
+        for path in created:
+            try:
+                path.rmdir()  # only an empty folder goes
+            except OSError:
+                break
+        raise
 
 
 def changed_settings(saved: Mapping[str, Any], now: Mapping[str, Any], *, ignore: Iterable[str] = (),

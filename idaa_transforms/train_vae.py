@@ -38,9 +38,8 @@ from tqdm.auto import tqdm
 
 from idaa_transforms._cli import (MAX_MINUTES_HELP, STOP_AFTER_HELP, HelpFormatter, deadline_after, device_name,
                                   next_epoch_would_overrun, non_negative_float, positive_float, positive_int)
-from idaa_transforms._files import (atomic_torch_save, atomic_write_jsonl, atomic_write_text,
-                                    changed_settings,
-                                    load_torch_state, prepare_run_dir)
+from idaa_transforms._files import (atomic_torch_save, atomic_write_jsonl, atomic_write_text, changed_settings,
+                                    load_torch_state, prepare_run_dir, removed_if_left_empty)
 from idaa_transforms._grids import decomposition_rows, save_image_rows
 from idaa_transforms._hub import write_model_card
 from idaa_transforms._rng import rng_state, set_rng_state
@@ -342,8 +341,28 @@ def _device(name: str) -> torch.device:
     return device
 
 
+def _metric_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A checkpoint's metric rows in today's keys, as the SSL trainer writes them (``seconds`` of that epoch,
+    ``images_per_s``); checkpoints from before kept cumulative seconds and ``images_per_second``."""
+    fixed, total = [], 0.0
+    for row in rows:
+        row = dict(row)
+        if "images_per_second" in row:
+            row["images_per_s"] = round(row.pop("images_per_second"), 1)
+            row["seconds"], total = round(row["seconds"] - total, 3), row["seconds"]
+        fixed.append(row)
+    return fixed
+
+
 def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
-    """Run the training described by ``args`` (see :func:`build_parser`); returns the output folder."""
+    """Run the training described by ``args`` (see :func:`build_parser`); returns the output folder.
+
+    A run that fails to start leaves no empty ``--out`` behind."""
+    with removed_if_left_empty(args.out):
+        return _train_vae(args, command)
+
+
+def _train_vae(args: argparse.Namespace, command: str | None) -> Path:
     deadline = deadline_after(args.max_minutes)
     device = _device(args.device)
     if args.threads:
@@ -382,7 +401,7 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, seconds, images_seen = state["epoch"], state["seconds"], state.get("images_seen", 0)
-        rows = list(state.get("metrics", []))
+        rows = _metric_rows(state.get("metrics", []))
         set_rng_state(state["rng"], device)  # the views are drawn on the device
     mean, std = _normalisation(config, device)
     views = vae_training_views(args.image_size, args.augment)
@@ -421,8 +440,8 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
         held = reconstruction_metrics(vae, held_images[:EPOCH_HELD_OUT])
         rows.append({"epoch": epoch + 1, "loss": epoch_loss, "held_out_mse": held["mse"],
                      "held_out_psnr": held["psnr"], "held_out_colour": held["colour_ratio"],
-                     "lr": scheduler.get_last_lr()[0], "seconds": seconds,
-                     "images_per_second": steps * args.batch_size / epoch_seconds})
+                     "lr": scheduler.get_last_lr()[0], "seconds": round(epoch_seconds, 3),
+                     "images_per_s": round(steps * args.batch_size / epoch_seconds, 1)})
         atomic_write_jsonl(out / METRICS, rows)
         if not args.no_progress:
             tqdm.write(f"epoch {epoch + 1}: loss {epoch_loss:.4f}  held-out PSNR {held['psnr']:.2f} dB, colour kept "
@@ -444,7 +463,7 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
     copy.deepcopy(vae).to(getattr(torch, args.save_dtype)).save_pretrained(out)  # integer buffers stay as they are
     _write_card(out, args, config, about, epochs_done, report, command, seconds, rate)
     atomic_write_text(out / "held_out.json", json.dumps(
-        {"epochs": epochs_done, "seconds": seconds, "images_per_second": rate, **report}, indent=2) + "\n")
+        {"epochs": epochs_done, "seconds": seconds, "images_per_s": round(rate, 1), **report}, indent=2) + "\n")
     save_reconstruction_grid(vae, held_images, out / "reconstructions.png")
     return out
 

@@ -132,7 +132,7 @@ vae_epochs() {
             $AMP --device "$DEVICE" --no-progress --out "$probe" $VAE_ARGS >>"$log" 2>&1 || return 1
         $PYTHON - "$probe/metrics.jsonl" "$minutes" <<'PY'
 import json, sys
-rate = json.loads(open(sys.argv[1]).read().splitlines()[-1])["images_per_second"]
+rate = json.loads(open(sys.argv[1]).read().splitlines()[-1])["images_per_s"]
 print(max(1, min(300, int((float(sys.argv[2]) * 60 - 30) * rate / 50000))))
 PY
     fi

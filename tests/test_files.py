@@ -1,10 +1,12 @@
-"""State files: read with ``weights_only=True`` and refused in one line when they are not what they should be."""
+"""Run files: state files read with ``weights_only=True`` and refused in one line when they are not what they should
+be, and no empty run folder left by a failed start."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from idaa_transforms import _files
 from idaa_transforms._files import atomic_torch_save, load_torch_state
 
 
@@ -31,3 +33,21 @@ def test_a_state_without_the_required_keys_is_another_programs_file(tmp_path):
     atomic_torch_save({"model": {}}, path)
     with pytest.raises(ValueError, match=r"is not a checkpoint of these trainers \(it lacks epoch\)"):
         load_torch_state(path, required=("model", "epoch"), kind="checkpoint of these trainers")
+
+
+def test_a_failed_block_removes_only_the_empty_folders_it_created(tmp_path):
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(ValueError):
+        with _files.removed_if_left_empty(tmp_path / "kept" / "new" / "run"):
+            (tmp_path / "kept" / "new" / "run").mkdir(parents=True)
+            raise ValueError("the data is missing")
+    assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "new").exists()
+    with pytest.raises(ValueError):  # a folder that holds a file is never removed
+        with _files.removed_if_left_empty(tmp_path / "busy"):
+            (tmp_path / "busy").mkdir()
+            (tmp_path / "busy" / "metrics.jsonl").write_text("{}")
+            raise ValueError("interrupted")
+    assert (tmp_path / "busy" / "metrics.jsonl").is_file()
+    with _files.removed_if_left_empty(tmp_path / "ok"):  # no error: the folder stays, even empty
+        (tmp_path / "ok").mkdir()
+    assert (tmp_path / "ok").is_dir()

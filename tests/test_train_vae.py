@@ -42,7 +42,8 @@ def test_tiny_run_writes_a_hub_checkpoint(tmp_path, capsys):
     vae = IdentityVAE.from_pretrained(out)
     assert vae.config.latent_dim == 8
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2] and all(r["images_per_second"] > 0 for r in records)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(r["images_per_s"] > 0 and 0 < r["seconds"] < 60 for r in records)  # per epoch, as the SSL trainer's
     assert all(0 <= r["held_out_colour"] < 2 and r["held_out_psnr"] > 0 for r in records)
     card = (out / "README.md").read_text()
     assert "idaa-train-vae --dataset photos" in card  # the command that made it
@@ -258,6 +259,7 @@ def test_bad_runs_exit_with_one_line(tmp_path, capsys, argv, message):
         main([*TINY, *argv, "--epochs", "1", "--out", str(tmp_path / "vae")])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "vae").exists()  # a run that failed to start leaves no empty --out
 
 
 def test_out_that_is_a_file_is_a_clear_error(tmp_path):
@@ -278,6 +280,17 @@ def test_imagefolder_dataset(tmp_path):
                "--latent-dim", "8", "--batch-size", "4", "--epochs", "1", "--device", "cpu", "--no-progress",
                "--out", str(tmp_path / "vae")])
     assert "imagefolder training split (8 images)" in (out / "README.md").read_text()
+
+
+def test_metric_rows_of_older_checkpoints_get_todays_keys():
+    from idaa_transforms.train_vae import _metric_rows
+
+    old = [{"epoch": 1, "seconds": 10.0, "images_per_second": 100.04}, {"epoch": 2, "seconds": 25.0,
+                                                                        "images_per_second": 80.0}]
+    assert _metric_rows(old) == [{"epoch": 1, "seconds": 10.0, "images_per_s": 100.0},
+                                 {"epoch": 2, "seconds": 15.0, "images_per_s": 80.0}]
+    today = [{"epoch": 1, "seconds": 3.0, "images_per_s": 9.0}]
+    assert _metric_rows(today) == today
 
 
 def test_a_subset_run_reports_on_as_many_test_images(tmp_path):

@@ -133,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     variants = ["baseline"] + [v for v in VARIANTS[1:] if v in chosen]
     try:
         base = config_from_args(args, arch=arch, device=device, out=args.out)
-        return _compare(args, argv, base, variants)
+        with _files.removed_if_left_empty(args.out), _files.removed_if_left_empty(args.report_dir or args.out):
+            return _compare(args, argv, base, variants)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
 

@@ -274,45 +274,51 @@ def train(cfg: TrainConfig, *, deadline: float | None = None) -> TrainResult:
     start = time.time()
     env = D.setup(cfg.device)
     try:
-        out, ckpt = _start(cfg, env)
-        data = _load_data(cfg, env)
-        torch.manual_seed(cfg.seed)  # the same initial weights on every process
-        parts = _build(cfg, env, data.train_x.shape[0])
-        start_epoch, metrics = _restore(cfg, env, parts, ckpt)
-        grid_x = to_float_images(data.test_x[torch.linspace(0, data.test_x.shape[0] - 1, 8).long().to(env.device)])
-        last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
-        limits = [t for t in (deadline, _cli.deadline_after(cfg.max_minutes, start)) if t is not None]
-        deadline = min(limits, default=None)
-        longest = 0.0
-        for epoch in range(start_epoch, last_epoch):
-            tic = time.time()
-            metrics.append(_train_epoch(cfg, env, parts, data, epoch))
-            if env.is_main:
-                _files.atomic_write_jsonl(out / METRICS, map(dataclasses.asdict, metrics))
-                if parts.adversary is not None:
-                    write_grid(parts.adversary, parts.model, grid_x, out / GRID)
-                if not cfg.no_progress:
-                    shown = {k: (round(v, 4) if isinstance(v, float) else v)
-                             for k, v in dataclasses.asdict(metrics[-1]).items()}
-                    tqdm.write(json.dumps(shown))
-            longest = max(longest, time.time() - tic)
-            if epoch + 1 < last_epoch and _stop_before_next_epoch(env, deadline, longest):
-                last_epoch = epoch + 1
-            if (epoch + 1) % cfg.save_every == 0 or epoch + 1 in (cfg.epochs, last_epoch):
-                _save(cfg, env, out / CHECKPOINT, parts, epoch + 1, metrics)
-            if epoch + 1 == last_epoch:
-                break
-        result = _finish(cfg, env, parts, data, metrics[start_epoch:] or metrics, metrics, last_epoch)
-        if env.is_main:
-            if result.finished:
-                _files.atomic_write_json(out / RESULTS, {k: v for k, v in dataclasses.asdict(result).items()
-                                                         if k not in ("metrics", "stopped_after")})
-            print(f"{result.summary()}; outputs in {out}/", flush=True)
-        if env.distributed:
-            dist.barrier()
-        return result
+        with _files.removed_if_left_empty(cfg.out):
+            return _train(cfg, env, start, deadline)
     finally:
         D.cleanup(env)
+
+
+def _train(cfg: TrainConfig, env: D.DistEnv, start: float, deadline: float | None) -> TrainResult:
+    """:func:`train` in its process group."""
+    out, ckpt = _start(cfg, env)
+    data = _load_data(cfg, env)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every process
+    parts = _build(cfg, env, data.train_x.shape[0])
+    start_epoch, metrics = _restore(cfg, env, parts, ckpt)
+    grid_x = to_float_images(data.test_x[torch.linspace(0, data.test_x.shape[0] - 1, 8).long().to(env.device)])
+    last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
+    limits = [t for t in (deadline, _cli.deadline_after(cfg.max_minutes, start)) if t is not None]
+    deadline = min(limits, default=None)
+    longest = 0.0
+    for epoch in range(start_epoch, last_epoch):
+        tic = time.time()
+        metrics.append(_train_epoch(cfg, env, parts, data, epoch))
+        if env.is_main:
+            _files.atomic_write_jsonl(out / METRICS, map(dataclasses.asdict, metrics))
+            if parts.adversary is not None:
+                write_grid(parts.adversary, parts.model, grid_x, out / GRID)
+            if not cfg.no_progress:
+                shown = {k: (round(v, 4) if isinstance(v, float) else v)
+                         for k, v in dataclasses.asdict(metrics[-1]).items()}
+                tqdm.write(json.dumps(shown))
+        longest = max(longest, time.time() - tic)
+        if epoch + 1 < last_epoch and _stop_before_next_epoch(env, deadline, longest):
+            last_epoch = epoch + 1
+        if (epoch + 1) % cfg.save_every == 0 or epoch + 1 in (cfg.epochs, last_epoch):
+            _save(cfg, env, out / CHECKPOINT, parts, epoch + 1, metrics)
+        if epoch + 1 == last_epoch:
+            break
+    result = _finish(cfg, env, parts, data, metrics, last_epoch)
+    if env.is_main:
+        if result.finished:
+            _files.atomic_write_json(out / RESULTS, {k: v for k, v in dataclasses.asdict(result).items()
+                                                     if k not in ("metrics", "stopped_after")})
+        print(f"{result.summary()}; outputs in {out}/", flush=True)
+    if env.distributed:
+        dist.barrier()
+    return result
 
 
 def _stop_before_next_epoch(env: D.DistEnv, deadline: float | None, epoch_seconds: float) -> bool:
@@ -519,10 +525,12 @@ def _features(backbone: nn.Module, data: _Data) -> tuple[Tensor, Tensor]:
     return extract_features(backbone, data.train_x), extract_features(backbone, data.test_x)
 
 
-def _finish(cfg: TrainConfig, env: D.DistEnv, parts: _Parts, data: _Data, this_run: list[EpochMetrics],
-            metrics: list[EpochMetrics], last_epoch: int) -> TrainResult:
-    """The final kNN accuracy and linear probe on rank 0 (none for a run stopped before its last epoch)."""
-    speed = round(sum(m.images_per_s for m in this_run) / len(this_run), 1) if this_run else None
+def _finish(cfg: TrainConfig, env: D.DistEnv, parts: _Parts, data: _Data, metrics: list[EpochMetrics],
+            last_epoch: int) -> TrainResult:
+    """The final kNN accuracy and linear probe on rank 0 (none for a run stopped before its last epoch), and the
+    run's speed: the images of all its epochs, over all their seconds (the calls before a resume too)."""
+    seconds = sum(m.seconds for m in metrics)
+    speed = round(sum(m.images_per_s * m.seconds for m in metrics) / seconds, 1) if seconds > 0 else None
     result = TrainResult(knn_acc=None, linear_acc=None, final_loss=metrics[-1].loss if metrics else None,
                          images_per_s=speed, epochs=cfg.epochs, world_size=env.world_size, device=str(env.device),
                          config=cfg.to_dict(), metrics=metrics,

@@ -71,6 +71,10 @@ def test_run_problems_are_one_line_errors(tmp_path, capsys):
     assert main([*argv, "--no-progress", "--out", str(tmp_path / "a-file")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a file, not a folder" in err
+    # Data that is not there: one line, and no empty --out left behind.
+    assert main([*argv, "--no-progress", "--dataset", "cifar10", "--data-dir", str(tmp_path / "no-data"),
+                 "--out", str(tmp_path / "runs" / "cifar")]) == 2
+    assert "no local copy" in capsys.readouterr().err and not (tmp_path / "runs").exists()
 
 
 def test_console_script_entry_point_exits_zero(tmp_path):

@@ -123,6 +123,10 @@ def test_stop_after_counts_the_epochs_of_each_call(tmp_path):
     assert (first.stopped_after, second.stopped_after) == (1, 2)
     last = train(tiny(tmp_path, idaa=False, epochs=3, stop_after=5, resume=True))
     assert last.finished and [m.epoch for m in last.metrics] == [1, 2, 3]
+    # The run's speed covers its three epochs, not only the last call's one.
+    images = sum(m.images_per_s * m.seconds for m in last.metrics)
+    assert last.images_per_s == pytest.approx(images / sum(m.seconds for m in last.metrics), abs=0.1)
+    assert json.loads((tmp_path / "results.json").read_text())["images_per_s"] == last.images_per_s
 
 
 def test_max_minutes_stops_between_epochs_and_resume_finishes(tmp_path):
