@@ -10,8 +10,8 @@ import time
 
 import torch
 
-__all__ = ["HelpFormatter", "DEVICE_TYPES", "device_name", "positive_int", "non_negative_int", "positive_float",
-           "non_negative_float", "finite_float", "STOP_AFTER_HELP", "MAX_MINUTES_HELP", "deadline_after",
+__all__ = ["ArgumentParser", "HelpFormatter", "DEVICE_TYPES", "device_name", "positive_int", "non_negative_int",
+           "positive_float", "non_negative_float", "finite_float", "STOP_AFTER_HELP", "MAX_MINUTES_HELP", "deadline_after",
            "next_epoch_would_overrun"]
 
 
@@ -33,6 +33,26 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if action.default not in (None, argparse.SUPPRESS) and action.nargs != 0 and "default" not in text:
             text += " (default: %(default)s)" if text else "default: %(default)s"
         return text
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The programs' parser: the help formatter above, no abbreviated options, and a bad command line answered in
+    one line (what was wrong, and ``--help``) instead of argparse's usage block of every option.
+
+    Example:
+        >>> parser = ArgumentParser(prog="idaa-x")
+        >>> _ = parser.add_argument("--epochs", type=positive_int, default=1)
+        >>> parser.format_usage()
+        'usage: idaa-x [-h] [--epochs EPOCHS]\\n'
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message.rstrip('.')} (see --help)\n")
 
 
 #: Device types the command-line programs accept (``cuda:N`` included).

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from idaa_transforms._cli import HelpFormatter, finite_float, positive_float
+from idaa_transforms._cli import ArgumentParser, finite_float, positive_float
 from idaa_transforms._hub import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, CheckpointError, write_model_card
 from idaa_transforms.vae import IdentityVAE, ResidualBlock, VAEConfig
 
@@ -397,12 +397,10 @@ def convert_original_checkpoint(
 
 # -- command line --------------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="idaa-convert-original",
         description="Convert a VAE checkpoint of the original IDAA code (CVAE_cifar_withbn or CVAE_imagenet_withbn)\n"
                     "into an idaa_transforms checkpoint folder (config.json, model.safetensors, README.md).",
-        formatter_class=HelpFormatter,
-        allow_abbrev=False,
     )
     parser.add_argument("checkpoint", type=Path, help="the original .pth file (a state_dict)")
     parser.add_argument("out_dir", type=Path, help="folder to write the converted checkpoint to")

@@ -24,6 +24,7 @@ import argparse
 import copy
 import json
 import math
+import re
 import shlex
 import sys
 import time
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from idaa_transforms._cli import (MAX_MINUTES_HELP, STOP_AFTER_HELP, HelpFormatter, deadline_after, device_name,
+from idaa_transforms._cli import (MAX_MINUTES_HELP, STOP_AFTER_HELP, ArgumentParser, deadline_after, device_name,
                                   next_epoch_would_overrun, non_negative_float, positive_float, positive_int)
 from idaa_transforms._files import (atomic_torch_save, atomic_write_jsonl, atomic_write_text, changed_settings,
                                     load_torch_state, prepare_run_dir, removed_if_left_empty)
@@ -71,10 +72,9 @@ EPOCH_HELD_OUT = 2048
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="idaa-train-vae",
         description="Train the VAE of IDAA (MSE + KL on SimCLR views) and save it as a Hub-layout checkpoint folder.",
-        formatter_class=HelpFormatter, allow_abbrev=False,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="cifar10", choices=DATASETS,
@@ -330,6 +330,20 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k not in ("stop_after", "max_minutes", "threads")}
 
 
+_MODEL_FLAGS = ("image_size", "width", "latent_dim", "num_downsamplings")
+
+
+def _vae_config(args: argparse.Namespace) -> VAEConfig:
+    """The model's :class:`VAEConfig`; a size it refuses is named by its flag (``--image-size``)."""
+    try:
+        return VAEConfig(**{name: getattr(args, name) for name in _MODEL_FLAGS})
+    except ValueError as err:
+        message = str(err).replace("VAEConfig.", "")
+        for name in _MODEL_FLAGS:
+            message = re.sub(rf"\b{name}\b", "--" + name.replace("_", "-"), message)
+        raise ValueError(message) from None
+
+
 def _device(name: str) -> torch.device:
     try:
         device_name(name)
@@ -383,14 +397,13 @@ def _train_vae(args: argparse.Namespace, command: str | None) -> Path:
         if changed:
             raise ValueError(f"--resume: {state_path} was made with other settings (name: (saved, now)): {changed}; "
                              f"resume with the same settings or start a new --out.")
+    config = _vae_config(args)  # before the data is read: a bad size is refused at once
     torch.manual_seed(args.seed)
     train_images, held_images, about = _datasets(args)
     if args.batch_size > train_images.shape[0]:
         raise ValueError(f"--batch-size: {args.batch_size} is larger than the training set "
                          f"({train_images.shape[0]} images); use a smaller batch.")
     train_images, held_images = train_images.to(device), held_images.to(device)
-    config = VAEConfig(image_size=args.image_size, width=args.width, latent_dim=args.latent_dim,
-                       num_downsamplings=args.num_downsamplings)
     memory_format = memory_format_for(device)
     vae = IdentityVAE(config).to(device, memory_format=memory_format)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=BETAS, weight_decay=args.weight_decay)

@@ -253,6 +253,7 @@ def test_bad_values_are_rejected_by_the_parser(capsys, argv, message):
 @pytest.mark.parametrize("argv, message", [
     (["--batch-size", "4096"], "--batch-size: 4096 is larger than the training set"),
     (["--device", "tpu"], "--device: 'tpu' is not"),
+    (["--image-size", "7"], "--image-size: expected a multiple of 2 ** --num-downsamplings = 4, got 7"),
 ])
 def test_bad_runs_exit_with_one_line(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:

@@ -88,8 +88,8 @@ def variant_list(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: the comparison's own options, then every trainer option (with the harness's defaults)."""
-    p = argparse.ArgumentParser(prog="python -m idaa_transforms.experiments.compare", allow_abbrev=False,
-                                description=__doc__.split("\n\n")[0], formatter_class=_cli.HelpFormatter)
+    p = _cli.ArgumentParser(prog="python -m idaa_transforms.experiments.compare",
+                            description=__doc__.split("\n\n")[0])
     g = p.add_argument_group("comparison")
     g.add_argument("--seeds", type=_cli.non_negative_int, nargs="+", default=[0, 1, 2, 3, 4])
     g.add_argument("--variants", type=variant_list, nargs="+", default=[list(VARIANTS)], metavar="NAMES",

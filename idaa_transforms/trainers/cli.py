@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from idaa_transforms._cli import HelpFormatter
+from idaa_transforms._cli import ArgumentParser
 from idaa_transforms.trainers.config import TrainConfig, add_train_arguments, config_from_args
 
 __all__ = ["build_parser", "parse_args", "main"]
@@ -37,8 +37,8 @@ A fresh run into a folder that holds a run is refused: pass --resume to continue
 
 def build_parser(method: str = "simclr", prog: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; ``method`` is the default of ``--method``."""
-    parser = argparse.ArgumentParser(
-        prog=prog, allow_abbrev=False, epilog=_EPILOG, formatter_class=HelpFormatter,
+    parser = ArgumentParser(
+        prog=prog, epilog=_EPILOG,
         description="Self-supervised training (SimCLR or BYOL) with and without IDAA, identity-disentangled "
                     "adversarial augmentation (Yang et al., ICML 2022). Views are made on the device (the kornia SimCLR pipeline's operations, fused into a few batched ops).")
     add_train_arguments(parser, defaults={"method": method, "out": None},

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,7 +121,7 @@ class TrainConfig:
     adversary: str = _option("idaa", "the third view: IDAA in the VAE's latent space, or a one-step pixel-space "
                              "FGSM control", group="IDAA", choices=ADVERSARIES)
     pixel_eps: float = _option(8 / 255, "L-inf step of --adversary pixel_fgsm, in [0, 1] pixel units", group="IDAA",
-                               kind="non_negative")
+                               kind="fraction")
     alpha: float = _option(1.0, "weight of L(v1, x_adv)", group="IDAA", kind="non_negative")
     attack_steps: int = _option(1, "gradient steps of the attack", group="IDAA", kind="positive_int")
     dual_bn: bool = _option(True, "share BatchNorms between clean and adversarial views", group="IDAA",
@@ -250,4 +251,22 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     """
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
-    return TrainConfig(**{**values, **overrides})
+    try:
+        return TrainConfig(**{**values, **overrides})
+    except ValueError as err:
+        raise ValueError(_named_by_flags(str(err), names)) from None
+
+
+def _named_by_flags(message: str, names: Iterable[str]) -> str:
+    """A validation message about fields (``batch_size: ...``), about flags instead (``--batch-size: ...``).
+
+    Example:
+        >>> _named_by_flags("overwrite and resume: give one of them", ["overwrite", "resume"])
+        '--overwrite and --resume: give one of them'
+    """
+    head, colon, rest = message.partition(": ")
+    if not colon:
+        return message
+    for name in names:
+        head = re.sub(rf"(?<![\w-]){name}(?![\w-])", "--" + name.replace("_", "-"), head)
+    return head + colon + rest

@@ -45,8 +45,9 @@ def test_help_lists_the_options_and_each_default_once():
     (["--alpha", "nan"], "--alpha: expected a finite number >= 0"),
     (["--weight-decay", "-1"], "--weight-decay: expected a finite number >= 0"),
     (["--device", "tpu"], "--device: expected one of cpu, cuda, mps (or cuda:N), got 'tpu'"),
-    (["--batch-size", "1"], "batch_size: expected at least 2"),
-    (["--byol-momentum", "2"], "byol_momentum: expected a number in"),
+    (["--batch-size", "1"], "--batch-size: expected at least 2"),
+    (["--pixel-eps", "5"], "--pixel-eps: expected a number in [0, 1], got 5.0 (see --help)"),
+    (["--byol-momentum", "2"], "--byol-momentum: expected a number in"),
     (["--epoch", "3"], "unrecognized arguments: --epoch"),  # no prefix matching (allow_abbrev=False)
     (["--resume", "--overwrite"], "give one of them"),
 ])
@@ -93,3 +94,11 @@ def test_console_script_entry_point_exits_zero(tmp_path):
 def test_setup_cfg_declares_the_console_script():
     text = (Path(__file__).resolve().parents[2] / "setup.cfg").read_text()
     assert "idaa-train = idaa_transforms.trainers.cli:main" in text
+
+
+def test_a_bad_command_line_is_one_line_not_the_usage_block(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--lr", "abc"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "usage:" not in err
+    assert "--lr: expected a finite number > 0, got 'abc' (see --help)" in err
