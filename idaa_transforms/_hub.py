@@ -319,8 +319,10 @@ def load_weights(path: str | os.PathLike, source: str) -> dict[str, Tensor]:
         return load_file(os.fspath(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        local = Path(source).expanduser().is_dir()  # else a Hub repo, read from the cache
+        fix = "re-save the checkpoint (save_pretrained)" if local else "download it again (force_download=True)"
         raise CheckpointError(f"{source}: {WEIGHTS_FILE} is not a readable safetensors file ({detail[:160]}); "
-                              "re-download it (force_download=True) or re-save the checkpoint.") from None
+                              f"{fix}.") from None
 
 
 def save_weights(folder: str | os.PathLike, state: Mapping[str, Tensor]) -> Path:

@@ -288,7 +288,7 @@ def _write_card(out: Path, args: argparse.Namespace, config: VAEConfig, about: s
 - optimiser: AdamW (betas {BETAS[0]}, {BETAS[1]}), lr {args.lr} decaying linearly to 0, weight decay \
 {args.weight_decay}, batch {args.batch_size}
 - epochs: {epochs_done} of {args.epochs}; device: {args.device}{' (bf16 autocast)' if args.amp else ''}; training \
-time {seconds / 60:.1f} min ({images_per_second:.0f} images/s)
+time {f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"} ({images_per_second:.0f} images/s)
 - weights stored as {args.save_dtype} (loaded into float32)
 - command: `{command}`"""
     held_out = f"""On the {report['count']} held-out images described above, in [0, 1] pixel space. PSNR of `G(x)` against `x`,

@@ -145,6 +145,8 @@ class IDAATransform(nn.Module):
             ranges). ``None`` checks CPU tensors only, since on an accelerator the check forces a host-device
             synchronisation.
         generator: a ``torch.Generator`` on the CPU, or an int seed, for the sample selection and random start.
+            It does not reach randomness inside the encoder or the loss (dropout, say): seed those with torch's
+            global generator, or put the encoder in eval mode.
 
     Shape:
         - Input: ``(B, C, H, W)`` or ``(C, H, W)``, any ``H, W`` (the VAE runs at its own resolution), any floating

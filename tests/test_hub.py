@@ -137,8 +137,17 @@ def test_corrupted_safetensors(tiny_vae, tmp_path):
     tiny_vae.save_pretrained(tmp_path)
     data = (tmp_path / "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"model\.safetensors is not a readable safetensors file.*re-download"):
-        IdentityVAE.from_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is not a readable safetensors file.*re-save the "
+                                              r"checkpoint \(save_pretrained\)"):
+        IdentityVAE.from_pretrained(tmp_path)  # a local folder: nothing to download again
+
+
+def test_corrupted_safetensors_in_the_hub_cache(tiny_vae, tmp_path):
+    tiny_vae.save_pretrained(tmp_path / "ckpt")
+    snapshot = populate_cache(tmp_path / "cache", tmp_path / "ckpt")
+    (snapshot / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match=r"not a readable safetensors file.*force_download=True"):
+        IdentityVAE.from_pretrained(REPO, cache_dir=tmp_path / "cache", local_files_only=True)
 
 
 def test_pickle_file_is_refused(tiny_vae, tmp_path):

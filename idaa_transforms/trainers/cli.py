@@ -19,7 +19,8 @@ from idaa_transforms.trainers.config import TrainConfig, add_train_arguments, co
 __all__ = ["build_parser", "parse_args", "main"]
 
 _EPILOG = """examples:
-  # CIFAR-10 (downloaded to --data-dir), ResNet-18, IDAA with the shipped VAE, on a GPU
+  # CIFAR-10 from a local copy in --data-dir (default: data; add --download to fetch it with torchvision),
+  # ResNet-18, IDAA with the shipped VAE, on a GPU
   idaa-train --epochs 200 --amp --out runs/simclr-idaa
   # the same without IDAA (the baseline)
   idaa-train --epochs 200 --amp --no-idaa --out runs/simclr

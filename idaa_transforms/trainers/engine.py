@@ -300,7 +300,7 @@ def _train(cfg: TrainConfig, env: D.DistEnv, start: float, deadline: float | Non
             if parts.adversary is not None:
                 write_grid(parts.adversary, parts.model, grid_x, out / GRID)
             if not cfg.no_progress:
-                shown = {k: (round(v, 4) if isinstance(v, float) else v)
+                shown = {k: (float(f"{v:.4g}") if isinstance(v, float) else v)  # 4 digits: lr 3e-05, not 0.0
                          for k, v in dataclasses.asdict(metrics[-1]).items()}
                 tqdm.write(json.dumps(shown))
         longest = max(longest, time.time() - tic)
