@@ -12,19 +12,16 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from idaa_transforms._download import torchvision_download
 from idaa_transforms._image_folders import class_folders, load_image_folder
 
-__all__ = ["CIFAR10_CLASSES", "CIFAR100_CLASSES", "load_cifar", "torchvision_download"]
-
-T = TypeVar("T")
+__all__ = ["CIFAR10_CLASSES", "CIFAR100_CLASSES", "load_cifar"]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR100_CLASSES = (
@@ -127,14 +124,3 @@ def load_cifar(name: str, root: str | Path, *, train: bool, download: bool = Fal
     images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
     return images, labels
-
-
-def torchvision_download(name: str, root: Path, job: Callable[[], T]) -> T:
-    """``job()``, a torchvision data set built with ``download=True``; a failed download (no network, a refused or
-    corrupted file) becomes a one-line :class:`FileNotFoundError` instead of torchvision's traceback."""
-    try:
-        return job()
-    except (OSError, RuntimeError) as err:
-        reason = str(getattr(err, "reason", "") or err).splitlines()[0] if str(err) else type(err).__name__
-        raise FileNotFoundError(f"{name}: no local copy in {root}, and torchvision could not download it ({reason}); "
-                                f"put a copy there (see --data-dir) and run without --download.") from None

@@ -211,7 +211,7 @@ def _load_imagefolder(root: Path, *, train: bool, image_size: int) -> tuple[Tens
 def _load_stl10(root: Path, *, train: bool, download: bool, image_size: int) -> tuple[Tensor, Tensor]:
     from torchvision import datasets
 
-    from idaa_transforms._cifar import torchvision_download
+    from idaa_transforms._download import torchvision_download
 
     folder = root / "stl10_binary"
     if not folder.is_dir() and not download:
