@@ -33,7 +33,9 @@ read, not retrained; ``--max-minutes MINUTES`` stops cleanly between runs or bet
 checkpoints, and ``--resume`` continues them. The report (in ``--report-dir``, default ``--out``: ``report.md``,
 ``compare.json``, ``knn_curves.png``, ``views_grid.png``) is rewritten after every run, so it always holds every
 finished run, says how many seeds and epochs each number has, and lists every call that wrote it
-(``<out>/calls.jsonl``).
+(``<out>/calls.jsonl``). It speaks only of the variants asked for: the pixel FGSM's budget, the eps = 0 control's
+perturbation and their rows in the views picture appear with their variant; the baseline alone is not calibrated
+and has no views picture.
 """
 
 from __future__ import annotations
