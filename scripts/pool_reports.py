@@ -1,0 +1,116 @@
+"""Pool the equal-epoch runs of several comparison reports into one report, when their run folders are gone.
+
+The comparison harness accumulates runs in one ``--out`` folder; this is for runs made by separate calls, with other
+seeds and the same settings, whose folders were not kept: their ``compare.json`` files hold every finished run's
+accuracies and curve. The pooled report is built by the harness's own :func:`build_report`, so its tables, paired
+tests and sentences are the harness's; it covers equal epochs only.
+
+    python scripts/pool_reports.py docs/evidence/cifar10-cpu-10k/compare.json runs/compare-s34/compare.json \\
+        --out runs/pooled
+
+Refused, in one line: reports whose settings, calibration or epochs differ, or that share a seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from idaa_transforms import _files
+from idaa_transforms.experiments.anchors import published_anchors
+from idaa_transforms.experiments.calibration import Calibration
+from idaa_transforms.experiments.plots import write_knn_plot
+from idaa_transforms.experiments.report import Anchors, ReportContext, build_report
+from idaa_transforms.experiments.schedule import CurvePoint, RunRecord
+from idaa_transforms.trainers.config import TrainConfig
+
+#: Settings that may differ between the pooled reports (where the runs went, how long a call could last).
+PER_CALL = ("out", "resume", "overwrite", "stop_after", "max_minutes", "no_progress", "seed")
+
+
+def pool(reports: list[dict[str, Any]], command: str) -> tuple[str, dict[str, Any], dict[str, list[RunRecord]], int]:
+    """The pooled report (markdown and JSON), its runs by variant, and the epochs.
+
+    Raises:
+        ValueError: the reports cannot be pooled (other settings, calibration or epochs, or a seed in two of them).
+    """
+    first = reports[0]
+    for other in reports[1:]:
+        for key, what in (("epochs", "epochs"), ("calibration", "calibration")):
+            if other[key] != first[key]:
+                raise ValueError(f"the reports differ in their {what} ({first[key]} vs {other[key]}); only runs made "
+                                 f"with the same settings can be pooled.")
+        changed = {k: (first["config"].get(k), v) for k, v in other["config"].items()
+                   if k not in PER_CALL and first["config"].get(k) != v}
+        if changed:
+            raise ValueError(f"the reports were made with other settings (name: (first, other)): {changed}.")
+    seeds: list[int] = []
+    for report in reports:
+        shared = sorted(set(seeds) & set(report["seeds"]))
+        if shared:
+            raise ValueError(f"seed(s) {shared} are in two reports; pool reports of distinct seeds.")
+        seeds += report["seeds"]
+    epochs = first["epochs"]
+    variants = list(first["equal_epochs"]["variants"])
+    runs: dict[str, list[RunRecord]] = {v: [] for v in variants}
+    for report in reports:
+        for row in report["runs"]:
+            if row["epochs"] == epochs and row["variant"] in runs:
+                runs[row["variant"]].append(RunRecord(**{**row, "curve": [CurvePoint(*p) for p in row["curve"]]}))
+    for records in runs.values():
+        records.sort(key=lambda r: r.seed)
+    calls = [call for report in reports for call in
+             [*report["context"]["earlier_calls"], {k: report["context"][k] for k in ("command", "date", "machine")}]]
+    context = ReportContext(command=command,
+                            date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                            machine="the machines of the pooled calls, listed below", data=first["context"]["data"],
+                            earlier_calls=calls)
+    base = TrainConfig(**{k: v for k, v in first["config"].items() if k in {f.name for f in
+                                                                             dataclasses.fields(TrainConfig)}})
+    knn = [r["anchors"]["random_init_knn"] for r in reports if r["anchors"]["random_init_knn"] is not None]
+    anchors = Anchors(knn[0] if knn else None, published_anchors(base.dataset))
+    text, data = build_report(equal_epochs=runs, equal_time=None, plan=None, epochs=epochs, seeds=sorted(seeds),
+                              calibration=Calibration.from_dict(first["calibration"]), base=base, context=context,
+                              anchors=anchors,
+                              not_started=[n for r in reports for n in r["not_started"]],
+                              unfinished=[n for r in reports for n in r["unfinished"]])
+    return text, data, runs, epochs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/pool_reports.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("reports", nargs="+", type=Path, help="compare.json files of the calls to pool")
+    parser.add_argument("--out", type=Path, required=True, help="folder of the pooled report.md, compare.json, PNG")
+    parser.add_argument("--overwrite", action="store_true", help="replace a pooled report already in --out")
+    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if len(args.reports) < 2:
+            raise ValueError("give at least two compare.json files to pool.")
+        if (args.out / "report.md").exists() and not args.overwrite:
+            raise ValueError(f"{args.out / 'report.md'} exists; pass --overwrite to replace it.")
+        reports = []
+        for path in args.reports:
+            try:
+                reports.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError) as err:
+                raise ValueError(f"{path}: not a readable compare.json ({err}).") from None
+        text, data, runs, epochs = pool(reports, "python scripts/pool_reports.py " + shlex.join(argv))
+    except ValueError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    _files.atomic_write_text(args.out / "report.md", text)
+    _files.atomic_write_json(args.out / "compare.json", data)
+    write_knn_plot(runs, {}, args.out / "knn_curves.png", epochs)
+    print(f"pooled report of seeds {data['seeds']}: {args.out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
