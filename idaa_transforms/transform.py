@@ -14,8 +14,10 @@ is added back, so the view becomes harder while keeping the sample's identity.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -41,19 +43,38 @@ from idaa_transforms.vae import IdentityVAE
 __all__ = ["IDAATransform", "Decomposition", "LossFn"]
 
 NORMS = ("linf", "l2")
+#: Where a warning does not point (see _callers_stacklevel): this package, torch, and the pipelines around it.
+_LIBRARY_FOLDERS = tuple(
+    os.path.join(location, "")
+    for spec in map(importlib.util.find_spec, (__package__, "torch", "torchvision", "kornia")) if spec is not None
+    for location in spec.submodule_search_locations or ()
+)
 #: Inputs below/above these values, without ``mean``/``std``, are taken for normalised images (a warning, once).
 PIXEL_RANGE_SLACK = 0.5
+#: Inputs above this value, without ``mean``/``std``, are taken for 0-255 pixels and refused: the VAE would saturate
+#: and the attack return ``x`` unchanged.
+PIXEL_SCALE_LIMIT = 3.0
 #: Inputs more than this many times the VAE's resolution draw a warning (once): the VAE sees them downsampled.
 RESOLUTION_RATIO = 2
 
 
+def _callers_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside this package, torch, torchvision and kornia: a warning points
+    at the caller's line, through ``nn.Module.__call__`` and any pipeline around the transform."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_FOLDERS):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class Decomposition(NamedTuple):
-    """``x == reconstruction + residual``, in the caller's space and dtype.
+    """``x == reconstruction + residual``, both in the caller's space and dtype.
 
     Attributes:
         reconstruction: ``G(x) = decode(encode(x))``, the VAE's reconstruction, at ``x``'s resolution.
         residual: ``R(x) = x - G(x)``, what the VAE cannot reconstruct; it keeps most identity-distinctive detail.
-        latent: the posterior mean that ``reconstruction`` was decoded from, ``(B, latent_dim)``.
+        latent: the posterior mean that ``reconstruction`` was decoded from, ``(B, latent_dim)``, in the VAE's
+            dtype.
     """
 
     reconstruction: Tensor
@@ -141,9 +162,9 @@ class IDAATransform(nn.Module):
         use_adversarial_bn: run the attack's encoder passes inside :func:`~idaa_transforms.adversarial_bn`, for
             encoders converted with :func:`~idaa_transforms.convert_to_dual_bn`; without ``anchor=`` this includes
             the built-in loss's pass on ``x`` (as in the original ResNet-18 code).
-        check_finite: read the input's and the loss's values to reject NaN/Inf (and to warn about un-normalised
-            ranges). ``None`` checks CPU tensors only, since on an accelerator the check forces a host-device
-            synchronisation.
+        check_finite: read the input's and the loss's values to reject NaN/Inf and 0-255 pixels (and to warn about
+            un-normalised ranges). ``None`` checks every call on the CPU but only the first input on an accelerator,
+            where reading values forces a host-device synchronisation; ``False`` never reads them.
         generator: a ``torch.Generator`` on the CPU, or an int seed, for the sample selection and random start.
             It does not reach randomness inside the encoder or the loss (dropout, say): seed those with torch's
             global generator, or put the encoder in eval mode.
@@ -160,13 +181,18 @@ class IDAATransform(nn.Module):
 
     Notes:
         An empty batch is returned unchanged. With one sample the built-in NT-Xent has no negatives, so the
-        built-in loss becomes its alignment term, the negative cosine similarity. The encoder is called directly,
+        built-in loss becomes its alignment term, the negative cosine similarity; an encoder with BatchNorm in
+        training mode cannot run on one sample at all (a clear error), so transform batches, not single images.
+        With ``p < 1`` a lone chosen sample is attacked beside one other sample of the batch, whose own result is
+        dropped, so that such an encoder never sees a batch of one. The encoder is called directly,
         so pass ``ddp_model.module`` rather than a ``DistributedDataParallel`` wrapper. IDAA is not invertible: in
         ``kornia.augmentation.AugmentationSequential.inverse()`` it stays applied (kornia inverts only geometric
         steps).
 
     Example:
-        >>> from idaa_transforms import IdentityVAE, VAEConfig
+        >>> import torch
+        >>> from torch import nn
+        >>> from idaa_transforms import IDAATransform, IdentityVAE, VAEConfig
         >>> vae = IdentityVAE(VAEConfig(width=16, latent_dim=8))
         >>> encoder = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
         >>> idaa = IDAATransform(vae, encoder=encoder, eps=0.1, generator=0)
@@ -228,6 +254,7 @@ class IDAATransform(nn.Module):
         self.encoder = encoder  # referenced, not registered: it belongs to the caller (see __setattr__)
         self.generator = _generator(generator)
         self._warned: set[str] = set()
+        self._values_seen = False  # whether an input's values were read once (see _check_input)
 
         cfg = vae.config
         channels = cfg.in_channels
@@ -269,10 +296,15 @@ class IDAATransform(nn.Module):
                 ``p``, ...).
 
         Example:
+            >>> import torch
+            >>> from idaa_transforms import IDAATransform
             >>> idaa = IDAATransform.from_pretrained(loss_fn=lambda x, x_adv: (x_adv - x).pow(2).sum(), eps=0.05)
             >>> idaa(torch.rand(2, 3, 32, 32)).shape
             torch.Size([2, 3, 32, 32])
         """
+        if isinstance(name_or_path, nn.Module):
+            raise TypeError(f"name_or_path: expected a Hub repo id, a folder or None, got a "
+                            f"{type(name_or_path).__name__}; pass the model as encoder=...")
         hub_options, options = HubOptions.split(options)
         vae = IdentityVAE.from_pretrained(name_or_path, **hub_options)
         return cls(vae, encoder, loss_fn, **options)
@@ -363,13 +395,27 @@ class IDAATransform(nn.Module):
         elif chosen.numel() == 0:
             adv = x.detach()
         else:
+            count = chosen.numel()
+            if count == 1 and x.shape[0] > 1:  # a lone sample goes with a companion (sample 0, or 1 if it is 0)
+                chosen = torch.cat([chosen, (chosen == 0).long()])
             index = chosen.to(x.device, non_blocking=True)
             part = x.index_select(0, index)
             part_anchor = None if anchor is None else anchor.index_select(0, index)
-            adv = x.detach().index_copy(0, index, self._attack(part, loss, part_anchor))
+            adv = x.detach().index_copy(0, index[:count], self._attack(part, loss, part_anchor)[:count])
         return adv.squeeze(0) if unbatched else adv
 
     def _attack(self, x: Tensor, loss: Callable[[Tensor, Tensor, Tensor | None], Tensor], anchor: Tensor | None) -> Tensor:
+        try:
+            return self._attack_latent(x, loss, anchor)
+        except ValueError as err:
+            if "Expected more than 1 value per channel when training" not in str(err):
+                raise
+            raise ValueError("IDAATransform: the encoder's BatchNorm cannot run in training mode on a batch of one "
+                             "sample; transform batches of at least 2 images (after the DataLoader, not per sample), "
+                             "or call the encoder's eval() first.") from None
+
+    def _attack_latent(self, x: Tensor, loss: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+                       anchor: Tensor | None) -> Tensor:
         with torch.no_grad():
             mu = self._encode(x)
         self._check_step_fits(mu.dtype)
@@ -511,10 +557,19 @@ class IDAATransform(nn.Module):
                 f"and its perturbation hold only what {size} px can express; use a VAE trained near the input "
                 "resolution (see the README).",
             )
-        if reads_values(x, self.check_finite) and x.numel():
+        # Values are read on the CPU, everywhere with check_finite=True, and on the first call on an accelerator
+        # too (one synchronisation, once), so that 0-255 inputs never train silently on a no-op attack.
+        first = self.check_finite is None and not self._values_seen
+        if (reads_values(x, self.check_finite) or first) and x.numel():
+            self._values_seen = True
             low, high = (float(v) for v in torch.aminmax(x.detach()))  # one pass: NaN and Inf propagate to the extremes
             if not (math.isfinite(low) and math.isfinite(high)):
                 raise ValueError("IDAATransform: the input contains NaN or Inf values.")
+            if not self._normalised and high > PIXEL_SCALE_LIMIT:
+                raise ValueError(f"IDAATransform: inputs reach {high:.1f}, like 0-255 pixels, but [0, 1] pixels are "
+                                 f"expected without mean=/std= (the VAE would saturate and the attack change "
+                                 f"nothing); divide the images by 255 (inputs normalised before the transform: pass "
+                                 f"the normalisation's mean= and std=).")
             if not self._normalised and (low < -PIXEL_RANGE_SLACK or high > 1 + PIXEL_RANGE_SLACK):
                 self._warn_once(
                     "range",
@@ -527,7 +582,7 @@ class IDAATransform(nn.Module):
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(message, UserWarning, stacklevel=4)
+            warnings.warn(message, UserWarning, stacklevel=_callers_stacklevel())
 
     def extra_repr(self) -> str:
         cfg = self.vae.config

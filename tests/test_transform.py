@@ -368,6 +368,33 @@ def test_p_half_with_builtin_loss_and_anchor(make_idaa, eval_encoder, x):
     assert 0 < int(unchanged.sum()) < 8
 
 
+def bn1d_encoder() -> nn.Module:
+    """A projection-head-like encoder whose BatchNorm1d cannot train on one sample (like lightly's heads)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 16), nn.BatchNorm1d(16)).train()
+
+
+def test_p_below_one_never_runs_the_encoder_on_a_lone_sample(make_idaa):
+    x = batch(4, 32, 32)
+    lone = 0
+    for seed in range(40):  # about a quarter of these draws choose exactly one of the 4 samples
+        idaa = make_idaa(bn1d_encoder(), eps=0.5, p=0.5, generator=seed)
+        count = int((torch.rand(4, generator=torch.Generator().manual_seed(seed)) < 0.5).sum())
+        out = idaa(x)  # before: torch's "Expected more than 1 value per channel" for the lone draws
+        changed = (out != x).flatten(1).any(dim=1)
+        assert int(changed.sum()) == count  # the companion's own view is dropped
+        lone += count == 1
+    assert lone >= 3
+
+
+def test_a_batch_of_one_through_a_training_batchnorm_is_a_clear_error(make_idaa):
+    idaa = make_idaa(bn1d_encoder(), eps=0.5)
+    with pytest.raises(ValueError, match=r"^IDAATransform: the encoder's BatchNorm cannot run in training mode on a "
+                                         r"batch of one sample; transform batches of at least 2 images"):
+        idaa(batch(1, 32, 32))
+    assert idaa(batch(1, 32, 32)[0:1].expand(2, -1, -1, -1).contiguous()).shape == (2, 3, 32, 32)
+
+
 # -- the caller's encoder is left as found -------------------------------------------------------------------------
 
 
@@ -874,6 +901,43 @@ def test_warns_once_about_unnormalised_ranges(make_idaa, x):
         idaa.decompose(normalised)
         make_idaa(loss_fn=linear_loss(x), eps=0.5)(x)  # [0, 1] pixels
         make_idaa(loss_fn=linear_loss(x), eps=0.5, mean=0.45, std=0.22)(normalised)
+
+
+def test_0_255_pixels_are_refused_not_attacked_into_a_no_op(make_idaa, x):
+    idaa = make_idaa(loss_fn=linear_loss(x), eps=0.5)
+    with pytest.raises(ValueError, match=r"inputs reach 25\d\.\d, like 0-255 pixels.*divide the images by 255"):
+        idaa(x * 255)
+
+
+def test_values_are_read_once_where_they_are_not_read_every_call(make_idaa, x, monkeypatch):
+    from idaa_transforms import transform
+
+    monkeypatch.setattr(transform, "reads_values", lambda x, check_finite: False)  # as on an accelerator
+    idaa = make_idaa(loss_fn=linear_loss(x), eps=0.5)
+    with pytest.raises(ValueError, match="like 0-255 pixels"):
+        idaa(x * 255)  # the first call is read: one synchronisation, once
+    reads = []
+    monkeypatch.setattr(transform.torch, "aminmax", lambda t: reads.append(t) or (t.min(), t.max()))
+    idaa(x)
+    idaa(x)
+    assert reads == []  # later calls are not
+    opted_out = make_idaa(loss_fn=linear_loss(x), eps=0.5, check_finite=False)
+    opted_out(x)
+    assert reads == []  # check_finite=False: never read
+
+
+def test_warnings_point_at_the_callers_line(make_idaa, x):
+    idaa = make_idaa(loss_fn=linear_loss(x), eps=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        idaa((x - 0.45) / 0.22)
+    assert [w.filename for w in caught] == [__file__]
+
+
+def test_the_encoder_given_as_the_checkpoint_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"name_or_path: expected a Hub repo id, a folder or None, got a Conv2d; pass "
+                                        r"the model as encoder="):
+        IDAATransform.from_pretrained(nn.Conv2d(3, 8, 3))
 
 
 def test_warns_once_about_inputs_far_above_the_vae_resolution(make_idaa):
