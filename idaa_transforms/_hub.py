@@ -262,7 +262,8 @@ def _download(name: str, filename: str, options: HubOptions, first: bool) -> Pat
         raise CheckpointError(f"Hub repo {name!r} has no revision {options.revision!r}.") from None
     except LocalEntryNotFoundError:  # before EntryNotFoundError, its base class
         offline = options.local_files_only or constants.HF_HUB_OFFLINE
-        why = "offline mode is on and it is not in the cache" if offline else "it could not be downloaded"
+        why = ("offline mode is on and it is not in the cache" if offline else
+               "it could not be downloaded (offline, HF_HUB_OFFLINE=1 skips the Hub's retries)")
         raise CheckpointError(f"{name!r}: {no_folder}{filename} of Hub repo {name!r} is unavailable: {why}. "
                               "Download it once with network access, or point to a local checkpoint folder.") \
             from None

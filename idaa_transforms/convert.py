@@ -401,6 +401,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="idaa-convert-original",
         description="Convert a VAE checkpoint of the original IDAA code (CVAE_cifar_withbn or CVAE_imagenet_withbn)\n"
                     "into an idaa_transforms checkpoint folder (config.json, model.safetensors, README.md).",
+        epilog="""example:
+  idaa-convert-original vae_cifar.pth runs/vae-authors
+  # then: IDAATransform.from_pretrained("runs/vae-authors", encoder=model)""",
     )
     parser.add_argument("checkpoint", type=Path, help="the original .pth file (a state_dict)")
     parser.add_argument("out_dir", type=Path, help="folder to write the converted checkpoint to")
@@ -422,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           overwrite=args.overwrite)
     except ConversionError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 1
+        return 2  # as every command of the package: 2 for what the user can fix
     cfg = vae.config
     print(f"Converted {args.checkpoint} ({_variant(cfg)}: d={cfg.width}, z={cfg.latent_dim}, "
           f"{cfg.image_size} px) to {args.out_dir}")

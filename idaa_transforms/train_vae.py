@@ -75,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="idaa-train-vae",
         description="Train the VAE of IDAA (MSE + KL on SimCLR views) and save it as a Hub-layout checkpoint folder.",
+        epilog="""examples:
+  # the paper's CIFAR-10 VAE on a GPU (CIFAR-10 in data/cifar10: torchvision's layout or train/ and test/ folders)
+  idaa-train-vae --dataset cifar10 --data-dir data/cifar10 --epochs 300 --amp --out runs/vae-cifar10
+  # in 9-minute pieces: the same command again with --resume continues it
+  idaa-train-vae --dataset cifar10 --data-dir data/cifar10 --epochs 300 --amp --out runs/vae-cifar10 --max-minutes 9
+  # offline, a tiny VAE on the photographs that install with scikit-image
+  idaa-train-vae --dataset photos --epochs 2 --width 32 --latent-dim 64 --out runs/vae-tiny
+
+then: IDAATransform.from_pretrained("runs/vae-cifar10", encoder=model), or --vae runs/vae-cifar10 in idaa-train.""",
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="cifar10", choices=DATASETS,
@@ -83,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="cifar10/cifar100: torchvision's layout or train/<class>/ and test/<class>/ image folders; "
                            "imagefolder: train/<class>/ and test/<class>/ of any image type")
     data.add_argument("--download", action="store_true", help="let torchvision download CIFAR/STL-10 if not found")
-    data.add_argument("--subset", type=positive_int, default=None,
+    data.add_argument("--subset", type=positive_int, default=None, metavar="N",
                       help="train on a class-balanced, seeded subset of this many training images, and report on one "
                            "of at most as many test images")
     data.add_argument("--crops-per-photo", type=positive_int, default=2048, help="'photos': training crops per photograph")

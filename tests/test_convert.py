@@ -174,7 +174,7 @@ def test_cli(tmp_path, capsys):
     with torch.no_grad():
         torch.testing.assert_close(vae(x).reconstruction, ref(x)[0], atol=1e-5, rtol=0)
     # An existing checkpoint is kept unless --overwrite is given.
-    assert main([str(path), str(out)]) == 1
+    assert main([str(path), str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     options = ["--overwrite", "--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25"]
     assert main([str(path), str(out), *options]) == 0
@@ -182,7 +182,7 @@ def test_cli(tmp_path, capsys):
     # Errors name the file and exit with status 1.
     bad = tmp_path / "bad.pth"
     torch.save({"weight": torch.zeros(3)}, bad)
-    assert main([str(bad), str(tmp_path / "out2")]) == 1
+    assert main([str(bad), str(tmp_path / "out2")]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "unrecognised layout" in err
     assert not (tmp_path / "out2" / "config.json").exists()
@@ -279,7 +279,7 @@ def test_unreadable_checkpoint_is_one_line_error(tmp_path, capsys, content, mess
         path.mkdir()
     else:
         path.write_bytes(content)
-    assert main([str(path), str(tmp_path / "out")]) == 1
+    assert main([str(path), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"idaa-convert-original: error: {path}: ")
@@ -316,7 +316,7 @@ def test_out_dir_that_cannot_hold_the_checkpoint(tmp_path, capsys, monkeypatch, 
         monkeypatch.setattr(Path, "mkdir", refuse)
     elif where == "unwritable folder":
         monkeypatch.setattr(_files, "open", refuse, raising=False)
-    assert main([str(path), str(out)]) == 1
+    assert main([str(path), str(out)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     expected = f"{out} is a file, not a folder" if where == "a file" else f"cannot write to {out}"
@@ -331,7 +331,7 @@ def test_users_readme_is_kept_without_overwrite(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "README.md").write_text("my notes")
-    assert main([str(path), str(out)]) == 1
+    assert main([str(path), str(out)]) == 2
     err = capsys.readouterr().err
     assert "already holds README.md" in err and "--overwrite" in err
     assert sorted(p.name for p in out.iterdir()) == ["README.md"]

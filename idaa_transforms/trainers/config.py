@@ -120,8 +120,8 @@ class TrainConfig:
     eps: float = _option(0.1, "latent perturbation radius", group="IDAA", kind="non_negative")
     adversary: str = _option("idaa", "the third view: IDAA in the VAE's latent space, or a one-step pixel-space "
                              "FGSM control", group="IDAA", choices=ADVERSARIES)
-    pixel_eps: float = _option(8 / 255, "L-inf step of --adversary pixel_fgsm, in [0, 1] pixel units", group="IDAA",
-                               kind="fraction")
+    pixel_eps: float = _option(8 / 255, "L-inf step of --adversary pixel_fgsm, in [0, 1] pixel units (default: "
+                               "8/255)", group="IDAA", kind="fraction")
     alpha: float = _option(1.0, "weight of L(v1, x_adv)", group="IDAA", kind="non_negative")
     attack_steps: int = _option(1, "gradient steps of the attack", group="IDAA", kind="positive_int")
     dual_bn: bool = _option(True, "share BatchNorms between clean and adversarial views", group="IDAA",
