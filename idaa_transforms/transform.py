@@ -38,6 +38,7 @@ from idaa_transforms.attack import (
     require_autograd,
     resolve_loss,
 )
+from idaa_transforms.bn import DualBatchNorm
 from idaa_transforms.vae import IdentityVAE
 
 __all__ = ["IDAATransform", "Decomposition", "LossFn"]
@@ -386,6 +387,11 @@ class IDAATransform(nn.Module):
                             "IDAATransform")
         check_encoder(self.encoder, x, "IDAATransform", builtin_loss=loss == self._encoder_loss)
         check_anchor(anchor, x, "IDAATransform")
+        if self.use_adversarial_bn and "adversarial_bn" not in self._warned and isinstance(self.encoder, nn.Module) \
+                and not any(isinstance(m, DualBatchNorm) for m in self.encoder.modules()):
+            self._warn_once("adversarial_bn", "IDAATransform: use_adversarial_bn=True, but the encoder has no "
+                                              "DualBatchNorm, so it changes nothing; convert the encoder with "
+                                              "convert_to_dual_bn(encoder) first.")
         if x.shape[0] == 0:
             return x.detach()
 

@@ -934,6 +934,17 @@ def test_warnings_point_at_the_callers_line(make_idaa, x):
     assert [w.filename for w in caught] == [__file__]
 
 
+def test_adversarial_bn_without_dual_batchnorms_warns_once(make_idaa, x):
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten())
+    idaa = make_idaa(plain, eps=0.5, use_adversarial_bn=True)
+    with pytest.warns(UserWarning, match=r"use_adversarial_bn=True, but the encoder has no DualBatchNorm"):
+        idaa(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        idaa(x)  # once
+        make_idaa(convert_to_dual_bn(copy.deepcopy(plain)), eps=0.5, use_adversarial_bn=True)(x)
+
+
 def test_the_encoder_given_as_the_checkpoint_is_a_clear_error():
     with pytest.raises(TypeError, match=r"name_or_path: expected a Hub repo id, a folder or None, got a Conv2d; pass "
                                         r"the model as encoder="):
