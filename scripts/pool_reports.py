@@ -13,7 +13,6 @@ Refused, in one line: reports whose settings, calibration or epochs differ, or t
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -22,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from idaa_transforms import _files
+from idaa_transforms import _cli, _files
 from idaa_transforms.experiments.anchors import published_anchors
 from idaa_transforms.experiments.calibration import Calibration
 from idaa_transforms.experiments.plots import write_knn_plot
@@ -84,7 +83,7 @@ def pool(reports: list[dict[str, Any]], command: str) -> tuple[str, dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/pool_reports.py", description=__doc__.split("\n\n")[0])
+    parser = _cli.ArgumentParser(prog="scripts/pool_reports.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("reports", nargs="+", type=Path, help="compare.json files of the calls to pool")
     parser.add_argument("--out", type=Path, required=True, help="folder of the pooled report.md, compare.json, PNG")
     parser.add_argument("--overwrite", action="store_true", help="replace a pooled report already in --out")
