@@ -8,6 +8,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -16,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import SyncBatchNorm, _BatchNorm
 
-from idaa_transforms.bn import adversarial_bn
+from idaa_transforms.bn import DualBatchNorm, adversarial_bn
 from idaa_transforms.losses import negative_cosine, nt_xent
 
 __all__ = [
@@ -32,12 +36,25 @@ __all__ = [
     "check_anchor",
     "check_encoder",
     "resolve_loss",
+    "warn_once",
+    "warn_without_dual_bn",
+    "trains_batchnorm",
+    "batch_of_one_explained",
 ]
 
 #: ``loss_fn(x, x_adv) -> scalar tensor``: the objective an adversary increases.
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 _STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+#: Where a warning does not point (see :func:`warn_once`): the adversaries' own modules, torch, and the pipelines
+#: around them; the package's trainers are callers like any other.
+_NOT_THE_CALLER = (
+    *(os.path.join(_HERE, name) for name in ("attack.py", "transform.py", "pixel_fgsm.py")),
+    *(os.path.join(location, "") for spec in map(importlib.util.find_spec, ("torch", "torchvision", "kornia"))
+      if spec is not None for location in spec.submodule_search_locations or ()),
+)
 
 
 class Adversary(Protocol):
@@ -280,3 +297,44 @@ def resolve_loss(
 
         return protected
     return lambda x, x_adv, anchor: loss_fn(x, x_adv)
+
+
+# -- warnings and errors the adversaries share ---------------------------------------------------------------------
+def warn_once(warned: set[str], key: str, message: str) -> None:
+    """Warn with ``message`` the first time ``key`` is not in ``warned`` (an adversary's own set), pointing at the
+    caller's line: the first frame outside the adversaries, torch, torchvision and kornia."""
+    if key in warned:
+        return
+    warned.add(key)
+    frame, level = sys._getframe(1), 2  # level 1 is this function, 2 its caller
+    while frame is not None and frame.f_code.co_filename.startswith(_NOT_THE_CALLER):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
+def warn_without_dual_bn(encoder: Any, enabled: bool, who: str, warned: set[str]) -> None:
+    """Warn once when ``use_adversarial_bn=True`` meets an encoder without :class:`DualBatchNorm`: it changes
+    nothing there."""
+    if enabled and "adversarial_bn" not in warned and isinstance(encoder, nn.Module) \
+            and not any(isinstance(m, DualBatchNorm) for m in encoder.modules()):
+        warn_once(warned, "adversarial_bn", f"{who}: use_adversarial_bn=True, but the encoder has no DualBatchNorm, "
+                                            f"so it changes nothing; convert the encoder with "
+                                            f"convert_to_dual_bn(encoder) first.")
+
+
+def trains_batchnorm(encoder: Any) -> bool:
+    """Whether ``encoder`` holds a BatchNorm in training mode, which cannot run on a batch of one sample."""
+    return isinstance(encoder, nn.Module) and any(isinstance(m, _BatchNorm) and m.training for m in encoder.modules())
+
+
+@contextmanager
+def batch_of_one_explained(who: str) -> Iterator[None]:
+    """Turn torch's error for a training BatchNorm on one sample into one line that says what to do."""
+    try:
+        yield
+    except ValueError as err:
+        if "Expected more than 1 value per channel when training" not in str(err):
+            raise
+        raise ValueError(f"{who}: the encoder's BatchNorm cannot run in training mode on a batch of one sample; "
+                         f"transform batches of at least 2 images (after the DataLoader, not per sample), or call "
+                         f"the encoder's eval() first.") from None

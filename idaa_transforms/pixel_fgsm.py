@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from idaa_transforms.attack import (
     LossFn,
+    batch_of_one_explained,
     check_anchor,
     check_encoder,
     check_images,
@@ -23,6 +24,7 @@ from idaa_transforms.attack import (
     reads_values,
     require_autograd,
     resolve_loss,
+    warn_without_dual_bn,
 )
 
 __all__ = ["PixelFGSM", "matched_pixel_eps"]
@@ -76,6 +78,7 @@ class PixelFGSM(nn.Module):
         self.temperature = float(temperature)
         self.use_adversarial_bn = bool(use_adversarial_bn)
         self.check_finite = check_finite
+        self._warned: set[str] = set()
 
     def forward(self, x: Tensor, *, loss_fn: LossFn | None = None, anchor: Tensor | None = None) -> Tensor:
         """Return ``x + eps * sign(dL/dx)``, detached (see :class:`~idaa_transforms.attack.Adversary`)."""
@@ -85,9 +88,10 @@ class PixelFGSM(nn.Module):
                             "PixelFGSM")
         check_encoder(self.encoder, x, "PixelFGSM", builtin_loss=loss == self._encoder_loss)
         check_anchor(anchor, x, "PixelFGSM")
+        warn_without_dual_bn(self.encoder, self.use_adversarial_bn, "PixelFGSM", self._warned)
         if x.shape[0] == 0:
             return x.detach()
-        with torch.enable_grad():
+        with torch.enable_grad(), batch_of_one_explained("PixelFGSM"):
             x_adv = x.detach().requires_grad_(True)
             grad = loss_gradient(loss(x, x_adv, anchor), x_adv, check_finite=reads_values(x, self.check_finite))
         out = (x + self.eps * grad.sign()).detach()

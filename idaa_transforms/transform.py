@@ -14,10 +14,8 @@ is added back, so the view becomes harder while keeping the sample's identity.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -29,6 +27,7 @@ from torch import Tensor, nn
 from idaa_transforms._hub import HubOptions
 from idaa_transforms.attack import (
     LossFn,
+    batch_of_one_explained,
     check_anchor,
     check_encoder,
     check_images,
@@ -37,35 +36,22 @@ from idaa_transforms.attack import (
     reads_values,
     require_autograd,
     resolve_loss,
+    trains_batchnorm,
+    warn_once,
+    warn_without_dual_bn,
 )
-from idaa_transforms.bn import DualBatchNorm
 from idaa_transforms.vae import IdentityVAE
 
 __all__ = ["IDAATransform", "Decomposition", "LossFn"]
 
 NORMS = ("linf", "l2")
-#: Where a warning does not point (see _callers_stacklevel): this package, torch, and the pipelines around it.
-_LIBRARY_FOLDERS = tuple(
-    os.path.join(location, "")
-    for spec in map(importlib.util.find_spec, (__package__, "torch", "torchvision", "kornia")) if spec is not None
-    for location in spec.submodule_search_locations or ()
-)
 #: Inputs below/above these values, without ``mean``/``std``, are taken for normalised images (a warning, once).
 PIXEL_RANGE_SLACK = 0.5
 #: Inputs above this value, without ``mean``/``std``, are taken for 0-255 pixels and refused: the VAE would saturate
-#: and the attack return ``x`` unchanged.
-PIXEL_SCALE_LIMIT = 3.0
+#: and the attack return ``x`` unchanged (normalised images stay far below it).
+PIXEL_SCALE_LIMIT = 20.0
 #: Inputs more than this many times the VAE's resolution draw a warning (once): the VAE sees them downsampled.
 RESOLUTION_RATIO = 2
-
-
-def _callers_stacklevel() -> int:
-    """The ``stacklevel`` of the first frame outside this package, torch, torchvision and kornia: a warning points
-    at the caller's line, through ``nn.Module.__call__`` and any pipeline around the transform."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_FOLDERS):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 class Decomposition(NamedTuple):
@@ -157,7 +143,8 @@ class IDAATransform(nn.Module):
             ``"l2"``, a uniform direction at a radius uniform in ``[0, eps]``.
         p: probability that a sample is augmented; the others are returned unchanged and cost nothing.
         mean, std: the normalisation the caller applied before the transform (per channel, pixel units);
-            ``None`` means inputs are plain [0, 1] pixels (inputs well outside [0, 1] then draw a warning, once).
+            ``None`` means inputs are plain [0, 1] pixels (inputs well outside [0, 1] then draw a warning, once;
+            inputs above 20, like 0-255 pixels, are refused).
         clamp: clip the output to the valid pixel range ([0, 1] pixels, mapped through ``mean``/``std``).
         temperature: NT-Xent temperature of the built-in loss.
         use_adversarial_bn: run the attack's encoder passes inside :func:`~idaa_transforms.adversarial_bn`, for
@@ -184,8 +171,8 @@ class IDAATransform(nn.Module):
         An empty batch is returned unchanged. With one sample the built-in NT-Xent has no negatives, so the
         built-in loss becomes its alignment term, the negative cosine similarity; an encoder with BatchNorm in
         training mode cannot run on one sample at all (a clear error), so transform batches, not single images.
-        With ``p < 1`` a lone chosen sample is attacked beside one other sample of the batch, whose own result is
-        dropped, so that such an encoder never sees a batch of one. The encoder is called directly,
+        With ``p < 1`` and such an encoder, a lone chosen sample is attacked beside one other sample of the batch,
+        whose own result is dropped, so that the encoder never sees a batch of one. The encoder is called directly,
         so pass ``ddp_model.module`` rather than a ``DistributedDataParallel`` wrapper. IDAA is not invertible: in
         ``kornia.augmentation.AugmentationSequential.inverse()`` it stays applied (kornia inverts only geometric
         steps).
@@ -255,7 +242,7 @@ class IDAATransform(nn.Module):
         self.encoder = encoder  # referenced, not registered: it belongs to the caller (see __setattr__)
         self.generator = _generator(generator)
         self._warned: set[str] = set()
-        self._values_seen = False  # whether an input's values were read once (see _check_input)
+        self._values_seen = False  # whether an accelerator input's values were read once (see _check_input)
 
         cfg = vae.config
         channels = cfg.in_channels
@@ -387,11 +374,7 @@ class IDAATransform(nn.Module):
                             "IDAATransform")
         check_encoder(self.encoder, x, "IDAATransform", builtin_loss=loss == self._encoder_loss)
         check_anchor(anchor, x, "IDAATransform")
-        if self.use_adversarial_bn and "adversarial_bn" not in self._warned and isinstance(self.encoder, nn.Module) \
-                and not any(isinstance(m, DualBatchNorm) for m in self.encoder.modules()):
-            self._warn_once("adversarial_bn", "IDAATransform: use_adversarial_bn=True, but the encoder has no "
-                                              "DualBatchNorm, so it changes nothing; convert the encoder with "
-                                              "convert_to_dual_bn(encoder) first.")
+        warn_without_dual_bn(self.encoder, self.use_adversarial_bn, "IDAATransform", self._warned)
         if x.shape[0] == 0:
             return x.detach()
 
@@ -402,7 +385,7 @@ class IDAATransform(nn.Module):
             adv = x.detach()
         else:
             count = chosen.numel()
-            if count == 1 and x.shape[0] > 1:  # a lone sample goes with a companion (sample 0, or 1 if it is 0)
+            if count == 1 and x.shape[0] > 1 and trains_batchnorm(self.encoder):  # a companion: sample 0 (1 for 0)
                 chosen = torch.cat([chosen, (chosen == 0).long()])
             index = chosen.to(x.device, non_blocking=True)
             part = x.index_select(0, index)
@@ -411,14 +394,8 @@ class IDAATransform(nn.Module):
         return adv.squeeze(0) if unbatched else adv
 
     def _attack(self, x: Tensor, loss: Callable[[Tensor, Tensor, Tensor | None], Tensor], anchor: Tensor | None) -> Tensor:
-        try:
+        with batch_of_one_explained("IDAATransform"):
             return self._attack_latent(x, loss, anchor)
-        except ValueError as err:
-            if "Expected more than 1 value per channel when training" not in str(err):
-                raise
-            raise ValueError("IDAATransform: the encoder's BatchNorm cannot run in training mode on a batch of one "
-                             "sample; transform batches of at least 2 images (after the DataLoader, not per sample), "
-                             "or call the encoder's eval() first.") from None
 
     def _attack_latent(self, x: Tensor, loss: Callable[[Tensor, Tensor, Tensor | None], Tensor],
                        anchor: Tensor | None) -> Tensor:
@@ -565,9 +542,9 @@ class IDAATransform(nn.Module):
             )
         # Values are read on the CPU, everywhere with check_finite=True, and on the first call on an accelerator
         # too (one synchronisation, once), so that 0-255 inputs never train silently on a no-op attack.
-        first = self.check_finite is None and not self._values_seen
+        first = self.check_finite is None and not self._values_seen and not reads_values(x, None)
         if (reads_values(x, self.check_finite) or first) and x.numel():
-            self._values_seen = True
+            self._values_seen |= first
             low, high = (float(v) for v in torch.aminmax(x.detach()))  # one pass: NaN and Inf propagate to the extremes
             if not (math.isfinite(low) and math.isfinite(high)):
                 raise ValueError("IDAATransform: the input contains NaN or Inf values.")
@@ -586,9 +563,7 @@ class IDAATransform(nn.Module):
         return x, unbatched
 
     def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, UserWarning, stacklevel=_callers_stacklevel())
+        warn_once(self._warned, key, message)
 
     def extra_repr(self) -> str:
         cfg = self.vae.config

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from helpers import batch, make_encoder
@@ -101,3 +103,20 @@ def test_no_loss_and_inference_mode():
 def test_matched_pixel_eps():
     x = batch(2)
     assert matched_pixel_eps(x, x + 0.25) == pytest.approx(0.25)
+
+
+def test_shares_the_adversaries_batchnorm_rules():
+    from idaa_transforms import convert_to_dual_bn
+
+    torch.manual_seed(0)
+    bn1d = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4), nn.BatchNorm1d(4)).train()
+    with pytest.raises(ValueError, match=r"^PixelFGSM: the encoder's BatchNorm cannot run in training mode on a batch "
+                                         r"of one sample"):
+        PixelFGSM(bn1d, eps=0.01)(torch.rand(1, 3, 8, 8))
+    fgsm = PixelFGSM(bn1d, eps=0.01, use_adversarial_bn=True)
+    with pytest.warns(UserWarning, match="PixelFGSM: use_adversarial_bn=True, but the encoder has no DualBatchNorm"):
+        fgsm(torch.rand(4, 3, 8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fgsm(torch.rand(4, 3, 8, 8))  # once
+        PixelFGSM(convert_to_dual_bn(bn1d), eps=0.01, use_adversarial_bn=True)(torch.rand(4, 3, 8, 8))

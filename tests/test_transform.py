@@ -387,6 +387,18 @@ def test_p_below_one_never_runs_the_encoder_on_a_lone_sample(make_idaa):
     assert lone >= 3
 
 
+def test_a_lone_sample_needs_no_companion_without_a_training_batchnorm(make_idaa, monkeypatch):
+    x, seen = batch(4, 32, 32), []
+    loss = linear_loss(torch.ones(1, 3, 32, 32))
+    seed = next(s for s in range(100) if int((torch.rand(4, generator=torch.Generator().manual_seed(s)) < 0.5).sum())
+                == 1)  # a draw that chooses exactly one sample
+    for encoder, batch_seen in ((bn1d_encoder().eval(), 1), (bn1d_encoder(), 2), (None, 1)):
+        idaa = make_idaa(encoder, loss_fn=loss, eps=0.5, p=0.5, generator=seed)
+        monkeypatch.setattr(idaa, "_attack_latent", lambda part, *a: seen.append(part.shape[0]) or part)
+        idaa(x)
+        assert seen.pop() == batch_seen
+
+
 def test_a_batch_of_one_through_a_training_batchnorm_is_a_clear_error(make_idaa):
     idaa = make_idaa(bn1d_encoder(), eps=0.5)
     with pytest.raises(ValueError, match=r"^IDAATransform: the encoder's BatchNorm cannot run in training mode on a "
@@ -907,6 +919,8 @@ def test_0_255_pixels_are_refused_not_attacked_into_a_no_op(make_idaa, x):
     idaa = make_idaa(loss_fn=linear_loss(x), eps=0.5)
     with pytest.raises(ValueError, match=r"inputs reach 25\d\.\d, like 0-255 pixels.*divide the images by 255"):
         idaa(x * 255)
+    with pytest.warns(UserWarning, match="well outside"):  # strongly normalised images: a warning, not a refusal
+        idaa((x - 0.4) / 0.05)
 
 
 def test_values_are_read_once_where_they_are_not_read_every_call(make_idaa, x, monkeypatch):
@@ -926,12 +940,19 @@ def test_values_are_read_once_where_they_are_not_read_every_call(make_idaa, x, m
     assert reads == []  # check_finite=False: never read
 
 
+def test_a_cpu_call_does_not_use_up_the_accelerators_first_read(make_idaa, x):
+    idaa = make_idaa(loss_fn=linear_loss(x), eps=0.5)
+    idaa(x)  # on the CPU: read because every CPU call is
+    assert not idaa._values_seen  # an accelerator's first input will still be read
+
+
 def test_warnings_point_at_the_callers_line(make_idaa, x):
     idaa = make_idaa(loss_fn=linear_loss(x), eps=0.5)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         idaa((x - 0.45) / 0.22)
-    assert [w.filename for w in caught] == [__file__]
+        nn.Sequential(make_idaa(loss_fn=linear_loss(x), eps=0.5))((x - 0.45) / 0.22)  # through torch's frames
+    assert [w.filename for w in caught] == [__file__, __file__]
 
 
 def test_adversarial_bn_without_dual_batchnorms_warns_once(make_idaa, x):
