@@ -6,13 +6,15 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import re
 import time
+from collections.abc import Iterable
 
 import torch
 
 __all__ = ["ArgumentParser", "HelpFormatter", "DEVICE_TYPES", "device_name", "positive_int", "non_negative_int",
-           "positive_float", "non_negative_float", "finite_float", "STOP_AFTER_HELP", "MAX_MINUTES_HELP", "deadline_after",
-           "next_epoch_would_overrun"]
+           "positive_float", "non_negative_float", "finite_float", "STOP_AFTER_HELP", "MAX_MINUTES_HELP",
+           "deadline_after", "next_epoch_would_overrun", "named_by_flags"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -141,3 +143,32 @@ def next_epoch_would_overrun(deadline: float | None, epoch_seconds: float) -> bo
         (False, False)
     """
     return deadline is not None and time.time() + epoch_seconds > deadline
+
+
+def named_by_flags(message: str, names: Iterable[str]) -> str:
+    """A message about settings (``batch_size: ...``, ``VAEConfig.image_size: ...``), about their flags instead.
+
+    Names are rewritten in the message's head (before its first ``": "``) and, when they hold an underscore (which no
+    word of prose does), in the rest too.
+
+    Example:
+        >>> named_by_flags("VAEConfig.image_size: expected a multiple of 2 ** num_downsamplings = 4, got 7.",
+        ...                ["image_size", "num_downsamplings"])
+        '--image-size: expected a multiple of 2 ** --num-downsamplings = 4, got 7.'
+        >>> named_by_flags("overwrite and resume: give one", ["overwrite", "resume", "epochs"])
+        '--overwrite and --resume: give one'
+        >>> named_by_flags("warmup_epochs: 5 warm-up epochs leave none", ["warmup_epochs", "epochs"])
+        '--warmup-epochs: 5 warm-up epochs leave none'
+        >>> named_by_flags("runs/out/data_dir/results.json: damaged", ["out", "data_dir"])
+        'runs/out/data_dir/results.json: damaged'
+    """
+    head, colon, rest = message.partition(": ")
+    if not colon:
+        head, rest = "", message
+    for name in names:
+        pattern = rf"(?<![\w./-])(?:\w+\.)?{re.escape(name)}(?![\w/-])"  # never a part of a word or a path
+        flag = "--" + name.replace("_", "-")
+        head = re.sub(pattern, flag, head)
+        if "_" in name:
+            rest = re.sub(pattern, flag, rest)
+    return head + colon + rest

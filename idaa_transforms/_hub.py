@@ -194,7 +194,7 @@ def _local_path_reason(name_or_path: str | os.PathLike) -> str | None:
     if "/" not in name:  # the Hub's few bare ids are legacy transformers models, never a checkpoint of this package
         return "checkpoints on the Hub have ids of the form 'org/name'"
     parent = Path(name).parent
-    if "/" in name and parent.is_dir():
+    if parent.is_dir():
         return f"its parent folder {str(parent)!r} exists"
     return None
 

@@ -24,7 +24,6 @@ import argparse
 import copy
 import json
 import math
-import re
 import shlex
 import sys
 import time
@@ -38,7 +37,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from idaa_transforms._cli import (MAX_MINUTES_HELP, STOP_AFTER_HELP, ArgumentParser, deadline_after, device_name,
-                                  next_epoch_would_overrun, non_negative_float, positive_float, positive_int)
+                                  named_by_flags, next_epoch_would_overrun, non_negative_float, positive_float,
+                                  positive_int)
 from idaa_transforms._files import (atomic_torch_save, atomic_write_jsonl, atomic_write_text, changed_settings,
                                     load_torch_state, prepare_run_dir, removed_if_left_empty)
 from idaa_transforms._grids import decomposition_rows, save_image_rows
@@ -347,10 +347,7 @@ def _vae_config(args: argparse.Namespace) -> VAEConfig:
     try:
         return VAEConfig(**{name: getattr(args, name) for name in _MODEL_FLAGS})
     except ValueError as err:
-        message = str(err).replace("VAEConfig.", "")
-        for name in _MODEL_FLAGS:
-            message = re.sub(rf"\b{name}\b", "--" + name.replace("_", "-"), message)
-        raise ValueError(message) from None
+        raise ValueError(named_by_flags(str(err), _MODEL_FLAGS)) from None
 
 
 def _device(name: str) -> torch.device:

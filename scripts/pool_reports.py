@@ -3,12 +3,13 @@
 The comparison harness accumulates runs in one ``--out`` folder; this is for runs made by separate calls, with other
 seeds and the same settings, whose folders were not kept: their ``compare.json`` files hold every finished run's
 accuracies and curve. The pooled report is built by the harness's own :func:`build_report`, so its tables, paired
-tests and sentences are the harness's; it covers equal epochs only.
+tests and sentences are the harness's; it covers the finished equal-epoch runs only (runs a call left unfinished
+are not in it), and it copies the first report's views picture.
 
     python scripts/pool_reports.py docs/evidence/cifar10-cpu-10k/compare.json runs/compare-s34/compare.json \\
         --out runs/pooled
 
-Refused, in one line: reports whose settings, calibration or epochs differ, or that share a seed.
+Refused, in one line: reports whose settings, variants, calibration or epochs differ, or that share a seed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from idaa_transforms.experiments.anchors import published_anchors
 from idaa_transforms.experiments.calibration import Calibration
 from idaa_transforms.experiments.plots import write_knn_plot
 from idaa_transforms.experiments.report import Anchors, ReportContext, build_report
-from idaa_transforms.experiments.schedule import CurvePoint, RunRecord
+from idaa_transforms.experiments.schedule import VARIANTS, CurvePoint, RunRecord
 from idaa_transforms.trainers.config import TrainConfig
 
 #: Settings that may differ between the pooled reports (where the runs went, how long a call could last).
@@ -41,12 +42,16 @@ def pool(reports: list[dict[str, Any]], command: str) -> tuple[str, dict[str, An
     """
     first = reports[0]
     for other in reports[1:]:
-        for key, what in (("epochs", "epochs"), ("calibration", "calibration")):
+        for key in ("epochs", "calibration"):
             if other[key] != first[key]:
-                raise ValueError(f"the reports differ in their {what} ({first[key]} vs {other[key]}); only runs made "
+                raise ValueError(f"the reports differ in their {key} ({first[key]} vs {other[key]}); only runs made "
                                  f"with the same settings can be pooled.")
-        changed = {k: (first["config"].get(k), v) for k, v in other["config"].items()
-                   if k not in PER_CALL and first["config"].get(k) != v}
+        if _variants(other) != _variants(first):
+            raise ValueError(f"the reports compare other variants ({_variants(first)} vs {_variants(other)}); pool "
+                             f"calls made with the same --variants.")
+        names = (set(first["config"]) | set(other["config"])) - set(PER_CALL)
+        changed = {k: (first["config"].get(k), other["config"].get(k)) for k in sorted(names)
+                   if first["config"].get(k) != other["config"].get(k)}
         if changed:
             raise ValueError(f"the reports were made with other settings (name: (first, other)): {changed}.")
     seeds: list[int] = []
@@ -56,8 +61,7 @@ def pool(reports: list[dict[str, Any]], command: str) -> tuple[str, dict[str, An
             raise ValueError(f"seed(s) {shared} are in two reports; pool reports of distinct seeds.")
         seeds += report["seeds"]
     epochs = first["epochs"]
-    variants = list(first["equal_epochs"]["variants"])
-    runs: dict[str, list[RunRecord]] = {v: [] for v in variants}
+    runs: dict[str, list[RunRecord]] = {v: [] for v in _variants(first)}
     for report in reports:
         for row in report["runs"]:
             if row["epochs"] == epochs and row["variant"] in runs:
@@ -74,12 +78,16 @@ def pool(reports: list[dict[str, Any]], command: str) -> tuple[str, dict[str, An
                                                                              dataclasses.fields(TrainConfig)}})
     knn = [r["anchors"]["random_init_knn"] for r in reports if r["anchors"]["random_init_knn"] is not None]
     anchors = Anchors(knn[0] if knn else None, published_anchors(base.dataset))
+    calibration = None if first["calibration"] is None else Calibration.from_dict(first["calibration"])
     text, data = build_report(equal_epochs=runs, equal_time=None, plan=None, epochs=epochs, seeds=sorted(seeds),
-                              calibration=Calibration.from_dict(first["calibration"]), base=base, context=context,
-                              anchors=anchors,
-                              not_started=[n for r in reports for n in r["not_started"]],
-                              unfinished=[n for r in reports for n in r["unfinished"]])
+                              calibration=calibration, base=base, context=context, anchors=anchors)
     return text, data, runs, epochs
+
+
+def _variants(report: dict[str, Any]) -> list[str]:
+    """The variants a report compares: those of its runs and of its tables (the baseline always)."""
+    named = {"baseline", *report["equal_epochs"]["variants"], *(r["variant"] for r in report["runs"])}
+    return [v for v in VARIANTS if v in named]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,9 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         reports = []
         for path in args.reports:
             try:
-                reports.append(json.loads(path.read_text()))
+                report = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as err:
                 raise ValueError(f"{path}: not a readable compare.json ({err}).") from None
+            missing = [k for k in ("config", "calibration", "epochs", "seeds", "runs", "equal_epochs", "context",
+                                   "anchors") if not isinstance(report, dict) or k not in report]
+            if missing:
+                raise ValueError(f"{path}: not a compare.json of the comparison harness (no {', '.join(missing)}).")
+            reports.append(report)
         text, data, runs, epochs = pool(reports, "python scripts/pool_reports.py " + shlex.join(argv))
     except ValueError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
@@ -107,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     _files.atomic_write_text(args.out / "report.md", text)
     _files.atomic_write_json(args.out / "compare.json", data)
     write_knn_plot(runs, {}, args.out / "knn_curves.png", epochs)
+    views = args.reports[0].parent / "views_grid.png"
+    if data["calibration"] is not None and views.is_file():  # the report names it
+        _files.atomic_write_bytes(args.out / "views_grid.png", views.read_bytes())
     print(f"pooled report of seeds {data['seeds']}: {args.out / 'report.md'}")
     return 0
 

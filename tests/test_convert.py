@@ -179,7 +179,7 @@ def test_cli(tmp_path, capsys):
     options = ["--overwrite", "--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25"]
     assert main([str(path), str(out), *options]) == 0
     assert IdentityVAE.from_pretrained(out).config.input_std == (0.25, 0.25, 0.25)
-    # Errors name the file and exit with status 1.
+    # Errors name the file and exit with status 2.
     bad = tmp_path / "bad.pth"
     torch.save({"weight": torch.zeros(3)}, bad)
     assert main([str(bad), str(tmp_path / "out2")]) == 2

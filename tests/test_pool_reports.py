@@ -40,15 +40,40 @@ def test_pooled_calls_equal_one_call_with_all_their_seeds(tmp_path, capsys):
     text = (tmp_path / "pooled" / "report.md").read_text()
     assert "| IDAA | 1 | 2 |" in text and "earlier calls that wrote this report, oldest first (2):" in text
     assert (tmp_path / "pooled" / "knn_curves.png").stat().st_size > 0
-    # A seed in two reports, other settings, or an existing pooled report: one line each, nothing written.
-    other = json.loads(Path(reports[1]).read_text())
-    other["config"]["lr"] = 1e-3
-    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert (tmp_path / "pooled" / "views_grid.png").read_bytes() == (tmp_path / "s0" / "views_grid.png").read_bytes()
+    # A seed in two reports, other settings or variants, no compare.json, or an existing pooled report: one line
+    # each, nothing written.
+    def variant_of(path, name, change):
+        data = json.loads(Path(path).read_text())
+        change(data)
+        (tmp_path / name).write_text(json.dumps(data))
+        return str(tmp_path / name)
+
+    other_lr = variant_of(reports[1], "lr.json", lambda d: d["config"].update(lr=1e-3))
+    no_lr = variant_of(reports[1], "no-lr.json", lambda d: d["config"].pop("lr"))
+    no_idaa = variant_of(reports[1], "no-idaa.json", lambda d: d.update(
+        runs=[r for r in d["runs"] if r["variant"] == "baseline"],
+        equal_epochs={**d["equal_epochs"], "variants": {"baseline": d["equal_epochs"]["variants"]["baseline"]}}))
     capsys.readouterr()
     for argv, out, message in [([reports[0], reports[0]], "p1", "seed(s) [0] are in two reports"),
-                               ([reports[0], str(tmp_path / "other.json")], "p2", "made with other settings"),
+                               ([reports[0], other_lr], "p2", "made with other settings"),
+                               ([reports[0], no_lr], "p2", "'lr': (0.0003, None)"),
+                               ([reports[0], no_idaa], "p2", "compare other variants (['baseline', 'idaa'] vs "
+                                                             "['baseline'])"),
+                               ([reports[0], str(tmp_path / "s0" / "calls.jsonl")], "p2", "not a compare.json of the"),
                                (reports, "pooled", "report.md exists; pass --overwrite")]:
         with pytest.raises(SystemExit):
             pool_reports.main([*argv, "--out", str(tmp_path / out)])
         assert message in capsys.readouterr().err
     assert not (tmp_path / "p1").exists() and not (tmp_path / "p2").exists()
+
+
+def test_baseline_only_reports_pool_without_a_calibration(tmp_path):
+    for seed in ("0", "1"):
+        compare.main([*TINY, "--variants", "baseline", "--seeds", seed, "--out", str(tmp_path / seed)])
+    pool_reports = load_script()
+    assert pool_reports.main([str(tmp_path / "0" / "compare.json"), str(tmp_path / "1" / "compare.json"),
+                              "--out", str(tmp_path / "pooled")]) == 0
+    data = json.loads((tmp_path / "pooled" / "compare.json").read_text())
+    assert data["calibration"] is None and [r["seed"] for r in data["runs"]] == [0, 1]
+    assert not (tmp_path / "pooled" / "views_grid.png").exists()

@@ -60,7 +60,7 @@ from idaa_transforms.experiments.calibration import Calibration, calibrate, sett
 from idaa_transforms.experiments.plots import write_knn_plot, write_views_grid
 from idaa_transforms.experiments.report import Anchors, ReportContext, build_report, check_no_leak, describe_machine
 from idaa_transforms.experiments.schedule import VARIANTS, RunRecord, RunSpec, Scheduler, equal_time_epochs
-from idaa_transforms.trainers.config import TrainConfig, add_train_arguments, config_from_args
+from idaa_transforms.trainers.config import TRAIN_FIELDS, TrainConfig, add_train_arguments, config_from_args
 
 __all__ = ["HARNESS_DEFAULTS", "build_parser", "main"]
 
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         with _files.removed_if_left_empty(args.out), _files.removed_if_left_empty(args.report_dir or args.out):
             return _compare(args, argv, base, variants)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+        parser.exit(2, f"{parser.prog}: error: {_cli.named_by_flags(str(err), TRAIN_FIELDS)}\n")
 
 
 def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, variants: list[str]) -> dict[str, Any]:
@@ -223,16 +223,18 @@ def _calibration(base: TrainConfig, images: int, out: Path, report_dir: Path, wi
     path, views, wanted = out / CALIBRATION, out / VIEWS, settings_of(base, images)
     calibration = None
     if path.is_file():
-        saved = Calibration.from_dict(json.loads(path.read_text()))
-        if json.loads(json.dumps(saved.settings)) != json.loads(json.dumps(wanted)):
-            raise ValueError(f"{path} was made with other settings ({saved.settings}, now {wanted}); use another "
-                             f"--out, or delete the file to calibrate again.")
-        if views.is_file():
-            calibration, rows = saved, safetensors.torch.load_file(str(views))
-    if calibration is None:
-        calibration, rows = calibrate(base, images)
+        calibration = Calibration.from_dict(json.loads(path.read_text()))
+        if json.loads(json.dumps(calibration.settings)) != json.loads(json.dumps(wanted)):
+            raise ValueError(f"{path} was made with other settings ({calibration.settings}, now {wanted}); use "
+                             f"another --out, or delete the file to calibrate again.")
+    if calibration is None or not views.is_file():
+        measured, rows = calibrate(base, images)  # a saved calibration is kept: its runs were made with its eps
         _files.atomic_write_bytes(views, safetensors.torch.save(rows))
-        _files.atomic_write_json(path, calibration.to_dict())
+        if calibration is None:
+            calibration = measured
+            _files.atomic_write_json(path, calibration.to_dict())
+    else:
+        rows = safetensors.torch.load_file(str(views))
     write_views_grid(rows, report_dir / "views_grid.png", calibration.pixel_eps, with_fgsm=with_fgsm)
     return calibration
 

@@ -10,7 +10,7 @@ import dataclasses
 import os
 import platform
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,8 @@ def describe_difference(label: str, metric: str, comparison: PairedComparison,
     """One plain sentence on a paired difference (in accuracy points): distinguishable from seed noise or not.
 
     The difference counts as noise when ``|mean| < std`` of the per-seed differences or the paired t p-value is above
-    ``significance``; otherwise the sentence also says whether the exact sign-flip test agrees.
+    ``significance``; otherwise the sentence also says whether the exact sign-flip test agrees. Differences without
+    spread (the same in every seed) have no t-test: the sign-flip test alone decides.
 
     Example:
         >>> c = paired_comparison([70.0, 72.0, 69.0], [70.5, 70.0, 70.0])
@@ -122,7 +123,7 @@ def _p_text(p: float) -> str:
 
 
 def _section(pick: dict[str, list[RunRecord]], title: str,
-             skip: set[str] = frozenset()) -> tuple[list[str], list[str], dict[str, Any]]:
+             skip: Collection[str] = ()) -> tuple[list[str], list[str], dict[str, Any]]:
     """Markdown lines, sentences and JSON of one comparison (equal epochs or equal time); the pairs whose two
     variants are both in ``skip`` are left out (at equal time: the same runs as at equal epochs)."""
     lines = [f"### {title}", "", "| variant | epochs | seeds | kNN acc. (%) | linear acc. (%) | s / epoch (median) |",
@@ -158,7 +159,8 @@ def _section(pick: dict[str, list[RunRecord]], title: str,
             sentences.append(describe_difference(label, metric, c))
             data["paired"].append({"variant": a, "against": b, "metric": key, "seeds": seeds,
                                    "differences": list(c.differences), "mean": c.summary.mean, "std": c.summary.std,
-                                   "t_p_value": c.t_p_value, "sign_flip_p_value": c.sign_flip_p_value})
+                                   "t_p_value": None if c.t_p_value != c.t_p_value else c.t_p_value,  # JSON: no NaN
+                                   "sign_flip_p_value": c.sign_flip_p_value})
     return lines + (table if len(table) > 5 else []), sentences, data
 
 

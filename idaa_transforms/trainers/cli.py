@@ -13,8 +13,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from idaa_transforms._cli import ArgumentParser
-from idaa_transforms.trainers.config import TrainConfig, add_train_arguments, config_from_args
+from idaa_transforms._cli import ArgumentParser, named_by_flags
+from idaa_transforms.trainers.config import TRAIN_FIELDS, TrainConfig, add_train_arguments, config_from_args
 
 __all__ = ["build_parser", "parse_args", "main"]
 
@@ -71,6 +71,6 @@ def main(argv: Sequence[str] | None = None, method: str = "simclr") -> int:
         train(cfg)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
         prog = build_parser(method).prog
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {named_by_flags(str(err), TRAIN_FIELDS)}", file=sys.stderr)
         return 2
     return 0

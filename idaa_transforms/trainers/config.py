@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +25,8 @@ from typing import Any
 from idaa_transforms import _cli, _files
 from idaa_transforms.data import DATASETS
 
-__all__ = ["METHODS", "ARCHS", "DATASETS", "ADVERSARIES", "OPTIMIZERS", "SCHEDULES", "RESUME_SAFE", "TrainConfig",
-           "add_train_arguments", "config_from_args", "changed_settings"]
+__all__ = ["METHODS", "ARCHS", "DATASETS", "ADVERSARIES", "OPTIMIZERS", "SCHEDULES", "RESUME_SAFE", "TRAIN_FIELDS",
+           "TrainConfig", "add_train_arguments", "config_from_args", "changed_settings"]
 
 METHODS = ("simclr", "byol")
 ARCHS = ("resnet18", "small_cnn")
@@ -189,6 +188,8 @@ class TrainConfig:
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+#: The settings' names (each is the flag ``--<name with dashes>`` on the command lines).
+TRAIN_FIELDS = tuple(_DEFAULTS)
 
 
 def changed_settings(saved: Mapping[str, Any] | TrainConfig, now: TrainConfig) -> dict[str, tuple[Any, Any]]:
@@ -249,24 +250,8 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     Raises:
         ValueError: from :class:`TrainConfig`'s validation.
     """
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
+    values = {k: v for k, v in vars(args).items() if k in TRAIN_FIELDS}
     try:
         return TrainConfig(**{**values, **overrides})
     except ValueError as err:
-        raise ValueError(_named_by_flags(str(err), names)) from None
-
-
-def _named_by_flags(message: str, names: Iterable[str]) -> str:
-    """A validation message about fields (``batch_size: ...``), about flags instead (``--batch-size: ...``).
-
-    Example:
-        >>> _named_by_flags("overwrite and resume: give one of them", ["overwrite", "resume"])
-        '--overwrite and --resume: give one of them'
-    """
-    head, colon, rest = message.partition(": ")
-    if not colon:
-        return message
-    for name in names:
-        head = re.sub(rf"(?<![\w-]){name}(?![\w-])", "--" + name.replace("_", "-"), head)
-    return head + colon + rest
+        raise ValueError(_cli.named_by_flags(str(err), TRAIN_FIELDS)) from None

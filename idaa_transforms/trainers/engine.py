@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -274,7 +275,7 @@ def train(cfg: TrainConfig, *, deadline: float | None = None) -> TrainResult:
     start = time.time()
     env = D.setup(cfg.device)
     try:
-        with _files.removed_if_left_empty(cfg.out):
+        with _files.removed_if_left_empty(cfg.out) if env.is_main else contextlib.nullcontext():  # rank 0 makes it
             return _train(cfg, env, start, deadline)
     finally:
         D.cleanup(env)

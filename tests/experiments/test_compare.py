@@ -113,9 +113,17 @@ def test_variants_not_asked_for_are_not_in_the_report_or_the_picture(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "FGSM" not in text and "eps = 0" not in text and "IDAA's perturbation" in text
     five_rows = Image.open(tmp_path / "views_grid.png").height
+    # A folder from before views.safetensors existed: its calibration (the eps its runs used) is kept as it is.
+    saved = json.loads((tmp_path / "calibration.json").read_text())
+    (tmp_path / "calibration.json").write_text(json.dumps({**saved, "pixel_eps": 0.0123}))
+    (tmp_path / "views.safetensors").unlink()
+    compare.main([*argv, "--variants", "baseline,idaa"])
+    assert json.loads((tmp_path / "calibration.json").read_text())["pixel_eps"] == 0.0123
+    assert (tmp_path / "views.safetensors").is_file()
     # Asking for the pixel FGSM later reuses the calibration and draws its rows too.
     data = compare.main([*argv, "--variants", "baseline,idaa,pixel_fgsm"])
-    assert "pixel FGSM eps =" in (tmp_path / "report.md").read_text() and data["calibration"]["pixel_eps"] > 0
+    assert "pixel FGSM eps = 0.01230" in (tmp_path / "report.md").read_text()
+    assert data["calibration"]["pixel_eps"] == 0.0123
     assert Image.open(tmp_path / "views_grid.png").height > five_rows
 
 

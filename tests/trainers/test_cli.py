@@ -72,6 +72,9 @@ def test_run_problems_are_one_line_errors(tmp_path, capsys):
     assert main([*argv, "--no-progress", "--out", str(tmp_path / "a-file")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a file, not a folder" in err
+    # The trainer's own refusals name flags too.
+    assert main([*argv, "--no-progress", "--batch-size", "4096", "--out", str(tmp_path / "big")]) == 2
+    assert "--batch-size: 4096 is larger than the training set" in capsys.readouterr().err
     # Data that is not there: one line, and no empty --out left behind.
     assert main([*argv, "--no-progress", "--dataset", "cifar10", "--data-dir", str(tmp_path / "no-data"),
                  "--out", str(tmp_path / "runs" / "cifar")]) == 2
