@@ -43,15 +43,19 @@ def write_knn_plot(equal_epochs: dict[str, list[RunRecord]], equal_time: dict[st
 
     from idaa_transforms._files import atomic_write_bytes
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    with_time = any(equal_time.values())  # without equal-time runs, no empty panel for them
+    fig, axes = plt.subplots(1, 2 if with_time else 1, figsize=(11 if with_time else 6, 4), squeeze=False)
+    left, right = axes[0][0], axes[0][-1] if with_time else None
     for i, variant in enumerate(VARIANTS):
-        for ax, runs, use_time in ((left, equal_epochs.get(variant, []), False),
-                                   (right, equal_time.get(variant, []), True)):
-            _plot_mean_band(ax, runs, use_time, f"C{i}", LABELS[variant])
+        _plot_mean_band(left, equal_epochs.get(variant, []), False, f"C{i}", LABELS[variant])
+        if right is not None:
+            _plot_mean_band(right, equal_time.get(variant, []), True, f"C{i}", LABELS[variant])
     left.xaxis.get_major_locator().set_params(integer=True)
     left.set(xlabel="epoch", ylabel="kNN accuracy (%)", title=f"Equal epochs ({epochs})")
-    right.set(xlabel="training seconds (mean over seeds)", ylabel="kNN accuracy (%)", title="Equal wall-clock time")
-    for ax in (left, right):
+    if right is not None:
+        right.set(xlabel="training seconds (mean over seeds)", ylabel="kNN accuracy (%)",
+                  title="Equal wall-clock time")
+    for ax in axes[0]:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)

@@ -13,8 +13,11 @@ def test_knn_plot_from_records(tmp_path):
     runs = [RunRecord("baseline", s, 3, f"b{s}", 70.0, 80.0, 1.0, None,
                       [CurvePoint(e, 60.0 + e + s, float(e)) for e in (1, 2, 3)]) for s in range(2)]
     write_knn_plot({"baseline": runs, "idaa": []}, {}, tmp_path / "knn.png", 3)
-    assert Image.open(tmp_path / "knn.png").size[0] > 500
+    alone = Image.open(tmp_path / "knn.png").size[0]
+    assert alone > 500
     assert [p.name for p in tmp_path.iterdir()] == ["knn.png"]
+    write_knn_plot({"baseline": runs}, {"baseline": runs}, tmp_path / "knn.png", 3)  # with equal time: two panels
+    assert Image.open(tmp_path / "knn.png").size[0] > 1.5 * alone
 
 
 def test_views_grid_has_seven_labelled_rows(tmp_path):
