@@ -164,6 +164,25 @@ def _section(pick: dict[str, list[RunRecord]], title: str,
     return lines + (table if len(table) > 5 else []), sentences, data
 
 
+#: Variants whose epochs cost within this fraction of each other cost the same for equal time.
+SAME_COST = 0.05
+
+
+def _rounding_caveats(plan: dict[str, int], equal_epochs: dict[str, list[RunRecord]]) -> list[str]:
+    """Warn about equal-time pairs of variants that cost the same per epoch but got different E' by rounding: their
+    difference then is mostly the extra epochs, not the variants."""
+    cost = {v: statistics.median(s for r in equal_epochs[v] for s in r.epoch_seconds) for v in plan}
+    notes = []
+    for a, b in (("idaa", "eps0"), ("idaa", "pixel_fgsm")):
+        if a not in plan or b not in plan or plan[a] == plan[b]:
+            continue
+        if abs(cost[a] - cost[b]) <= SAME_COST * max(cost[a], cost[b]):
+            notes.append(f"{LABELS[a]} and {LABELS[b]} cost the same per epoch within {SAME_COST:.0%} ({cost[a]:.2f} "
+                         f"and {cost[b]:.2f} s) but got E' = {plan[a]} and {plan[b]} by rounding: at equal time their "
+                         f"difference is mostly that of the epoch counts, not evidence about the variants.")
+    return ["", *notes] if notes else []
+
+
 def _anchor_lines(anchors: Anchors, baseline: list[RunRecord], base: TrainConfig) -> list[str]:
     """The baseline beside a random network and the published figures."""
     if anchors.random_init_knn is None and not anchors.published:
@@ -286,6 +305,7 @@ def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[s
                 lines += ["", f"Pairs of variants whose E' are both {epochs} ("
                               + ", ".join(LABELS[v] for v in VARIANTS if v in same)
                               + ") are the equal-epoch pairs above, not repeated here."]
+            lines += _rounding_caveats(plan, equal_epochs)
     lines += ["", "## What this does and does not show", "", _conclusion(sentences, time_sentences, seeds,
                                                                          calibration, epochs, base, list(equal_epochs))]
     if not_started or unfinished:

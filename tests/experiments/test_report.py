@@ -147,3 +147,19 @@ def test_report_names_the_pixel_fgsm_only_when_it_was_asked_for():
     alone, data = build_report(equal_epochs={"baseline": runs["baseline"]}, equal_time=None, plan=None, epochs=2,
                                seeds=[0, 1, 2], calibration=None, base=TrainConfig(), context=CONTEXT)
     assert "FGSM" not in alone and "views_grid" not in alone and data["calibration"] is None
+
+
+def test_equal_time_epochs_split_by_rounding_are_flagged():
+    runs = _two_variant_runs()
+    runs["eps0"] = [RunRecord("eps0", r.seed, 2, r.folder, r.knn_acc, r.linear_acc, 1.55, None,
+                              [CurvePoint(p.epoch, p.knn_acc, 1.55 * p.epoch) for p in r.curve]) for r in runs["eps0"]]
+    shorter = {v: [record(v, s, 80.0 + s, 85.0, epochs=e) for s in range(3)] for v, e in (("idaa", 1), ("eps0", 2))}
+    text, _ = build_report(equal_epochs=runs, equal_time={**runs, **shorter}, plan={"idaa": 1, "eps0": 2}, epochs=2,
+                           seeds=[0, 1, 2], calibration=CALIBRATION, base=TrainConfig(), context=CONTEXT)
+    assert "IDAA and eps = 0 control cost the same per epoch within 5% (1.50 and 1.55 s) but got E' = 1 and 2" in text
+    far = {**runs, "eps0": [RunRecord("eps0", r.seed, 2, r.folder, r.knn_acc, r.linear_acc, 3.0, None,
+                                      [CurvePoint(p.epoch, p.knn_acc, 3.0 * p.epoch) for p in r.curve])
+                            for r in runs["eps0"]]}
+    text, _ = build_report(equal_epochs=far, equal_time={**far, **shorter}, plan={"idaa": 1, "eps0": 2}, epochs=2,
+                           seeds=[0, 1, 2], calibration=CALIBRATION, base=TrainConfig(), context=CONTEXT)
+    assert "by rounding" not in text
