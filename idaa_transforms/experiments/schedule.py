@@ -162,11 +162,7 @@ class Scheduler:
         cfg = variant_config(self.base, spec, self.pixel_eps, self.out)
         folder = Path(cfg.out)
         if (folder / RESULTS).is_file():
-            result = read_run(folder)
-            changed = changed_settings(result.config, cfg)
-            if changed:
-                raise ValueError(f"{folder / RESULTS} was made with other settings (name: (found, wanted)): "
-                                 f"{changed}; use another --out.")
+            result = _finished_run(folder, cfg)
             return self._keep(RunRecord.from_result(spec, folder, result, None))
         if self.time_is_up:
             self.not_started.append(spec.name)
@@ -196,13 +192,8 @@ class Scheduler:
         """
         for spec in specs:
             cfg = variant_config(self.base, spec, self.pixel_eps if self.pixel_eps is not None else 0.0, self.out)
-            folder = Path(cfg.out)
-            if (folder / RESULTS).is_file():
-                changed = changed_settings(read_run(folder).config, cfg)
-                changed.pop("pixel_eps", None)
-                if changed:
-                    raise ValueError(f"{folder / RESULTS} was made with other settings (name: (found, wanted)): "
-                                     f"{changed}; use another --out.")
+            if (Path(cfg.out) / RESULTS).is_file():
+                _finished_run(Path(cfg.out), cfg, ignore=() if self.pixel_eps is not None else ("pixel_eps",))
 
     def _keep(self, record: RunRecord) -> RunRecord:
         self.records.append(record)
@@ -221,3 +212,17 @@ class Scheduler:
     def epoch_seconds(self, variant: str) -> list[float]:
         """Training seconds of every epoch of every finished run of ``variant`` (their median sets equal time)."""
         return [s for r in self.records if r.variant == variant for s in r.epoch_seconds]
+
+
+def _finished_run(folder: Path, cfg: TrainConfig, ignore: Sequence[str] = ()) -> TrainResult:
+    """The finished run in ``folder``, refused if it was made with settings other than ``cfg``'s (``ignore`` aside).
+
+    Raises:
+        ValueError: a setting differs.
+    """
+    result = read_run(folder)
+    changed = {k: v for k, v in changed_settings(result.config, cfg).items() if k not in ignore}
+    if changed:
+        raise ValueError(f"{folder / RESULTS} was made with other settings (name: (found, wanted)): {changed}; use "
+                         f"another --out.")
+    return result
