@@ -116,3 +116,13 @@ def test_the_vae_stage_sizes_its_schedule_by_a_probe_and_brings_the_vae_back(cif
     names = {p.name for p in (back / "vae").iterdir()}
     assert {"model.safetensors", "config.json", "README.md", "held_out.json"} <= names
     assert "trainer_state.pt" not in names and "epochs: 1 of 1" in (back / "vae" / "README.md").read_text()
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs the git checkout")
+def test_kept_evidence_runs_can_be_committed_while_scratch_runs_cannot():
+    """The session commits its finished runs to docs/evidence/*/runs/; a pattern ignoring every folder named runs/
+    would drop them from the commit (and from what travels to the GPU machine) without a word."""
+    paths = ["docs/evidence/cifar10-gpu/runs/idaa-s0-e20/results.json", "runs/compare/report.md",
+             "docs/evidence/cifar10-gpu/runs/idaa-s0-e20/checkpoint.pt"]
+    done = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert done.stdout.split() == paths[1:]
