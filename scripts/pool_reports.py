@@ -1,10 +1,12 @@
-"""Pool the equal-epoch runs of several comparison reports into one report, when their run folders are gone.
+"""Pool the runs of several comparison reports into one report, when their run folders are gone.
 
 The comparison harness accumulates runs in one ``--out`` folder; this is for runs made by separate calls, with other
 seeds and the same settings, whose folders were not kept: their ``compare.json`` files hold every finished run's
 accuracies and curve. The pooled report is built by the harness's own :func:`build_report`, so its tables, paired
-tests and sentences are the harness's; it covers the finished equal-epoch runs only (runs a call left unfinished
-are not in it), and it copies the first report's views picture.
+tests and sentences are the harness's. It covers the finished equal-epoch runs, and the equal wall-clock time runs
+when every report planned the same equal-time epochs E' (E' is rounded from each call's measured costs, so two calls
+can plan differently; then the equal-time runs are left out, and the report says why). Runs a call left unfinished
+are not in it; it copies the first report's views picture.
 
     python scripts/pool_reports.py docs/evidence/cifar10-cpu-10k/compare.json runs/compare-s34/compare.json \\
         --out runs/pooled
@@ -27,15 +29,16 @@ from idaa_transforms.experiments.anchors import published_anchors
 from idaa_transforms.experiments.calibration import Calibration
 from idaa_transforms.experiments.plots import write_knn_plot
 from idaa_transforms.experiments.report import Anchors, ReportContext, build_report
-from idaa_transforms.experiments.schedule import VARIANTS, CurvePoint, RunRecord
+from idaa_transforms.experiments.schedule import LABELS, VARIANTS, CurvePoint, RunRecord
 from idaa_transforms.trainers.config import TrainConfig
 
 #: Settings that may differ between the pooled reports (where the runs went, how long a call could last).
 PER_CALL = ("out", "resume", "overwrite", "stop_after", "max_minutes", "no_progress", "seed")
 
 
-def pool(reports: list[dict[str, Any]], command: str) -> tuple[str, dict[str, Any], dict[str, list[RunRecord]], int]:
-    """The pooled report (markdown and JSON), its runs by variant, and the epochs.
+def pool(reports: list[dict[str, Any]], command: str
+         ) -> tuple[str, dict[str, Any], dict[str, list[RunRecord]], dict[str, list[RunRecord]], int]:
+    """The pooled report (markdown and JSON), its equal-epoch and its equal-time runs by variant, and the epochs.
 
     Raises:
         ValueError: the reports cannot be pooled (other settings, calibration or epochs, or a seed in two of them).
@@ -60,14 +63,16 @@ def pool(reports: list[dict[str, Any]], command: str) -> tuple[str, dict[str, An
         if shared:
             raise ValueError(f"seed(s) {shared} are in two reports; pool reports of distinct seeds.")
         seeds += report["seeds"]
-    epochs = first["epochs"]
-    runs: dict[str, list[RunRecord]] = {v: [] for v in _variants(first)}
-    for report in reports:
-        for row in report["runs"]:
-            if row["epochs"] == epochs and row["variant"] in runs:
-                runs[row["variant"]].append(RunRecord(**{**row, "curve": [CurvePoint(*p) for p in row["curve"]]}))
-    for records in runs.values():
-        records.sort(key=lambda r: r.seed)
+    epochs, variants = first["epochs"], _variants(first)
+    records = sorted((RunRecord(**{**row, "curve": [CurvePoint(*p) for p in row["curve"]]})
+                      for report in reports for row in report["runs"] if row["variant"] in variants),
+                     key=lambda r: r.seed)
+    runs = {v: [r for r in records if r.variant == v and r.epochs == epochs] for v in variants}
+    plan, not_pooled = _shared_plan(reports)
+    equal_time = None
+    if plan:
+        equal_time = {"baseline": runs["baseline"]}
+        equal_time |= {v: [r for r in records if r.variant == v and r.epochs == e] for v, e in plan.items()}
     calls = [call for report in reports for call in
              [*report["context"]["earlier_calls"], {k: report["context"][k] for k in ("command", "date", "machine")}]]
     context = ReportContext(command=command,
@@ -79,9 +84,30 @@ def pool(reports: list[dict[str, Any]], command: str) -> tuple[str, dict[str, An
     knn = [r["anchors"]["random_init_knn"] for r in reports if r["anchors"]["random_init_knn"] is not None]
     anchors = Anchors(knn[0] if knn else None, published_anchors(base.dataset))
     calibration = None if first["calibration"] is None else Calibration.from_dict(first["calibration"])
-    text, data = build_report(equal_epochs=runs, equal_time=None, plan=None, epochs=epochs, seeds=sorted(seeds),
-                              calibration=calibration, base=base, context=context, anchors=anchors)
-    return text, data, runs, epochs
+    text, data = build_report(equal_epochs=runs, equal_time=equal_time, plan=plan, epochs=epochs,
+                              seeds=sorted(seeds), calibration=calibration, base=base, context=context,
+                              anchors=anchors)
+    if not_pooled:
+        head, runs_table = text.split("\n## Runs\n", 1)
+        text = f"{head}\nEqual wall-clock time: not pooled, {not_pooled}\n\n## Runs\n{runs_table}"
+        data["equal_time_not_pooled"] = not_pooled
+    return text, data, runs, equal_time or {}, epochs
+
+
+def _shared_plan(reports: list[dict[str, Any]]) -> tuple[dict[str, int] | None, str | None]:
+    """The equal-time epochs every report planned, or ``None`` and why the equal-time runs cannot be pooled
+    (``None`` as well when no report has equal-time runs)."""
+    plans = [report.get("equal_time_plan") for report in reports]
+    if not any(plans):
+        return None, None
+    if not all(plans):
+        return None, (f"because the equal-time runs are missing from {sum(not p for p in plans)} of the "
+                      f"{len(plans)} reports (--no-equal-time).")
+    if any(p != plans[0] for p in plans[1:]):
+        listed = "; ".join(", ".join(f"{LABELS[v]} {e}" for v, e in p.items()) for p in plans)
+        return None, (f"because the reports planned different equal-time epochs E' ({listed}), each rounded from "
+                      f"its own call's measured costs; their equal-time runs are in the reports themselves.")
+    return plans[0], None
 
 
 def _variants(report: dict[str, Any]) -> list[str]:
@@ -113,13 +139,13 @@ def main(argv: list[str] | None = None) -> int:
             if missing:
                 raise ValueError(f"{path}: not a compare.json of the comparison harness (no {', '.join(missing)}).")
             reports.append(report)
-        text, data, runs, epochs = pool(reports, "python scripts/pool_reports.py " + shlex.join(argv))
+        text, data, runs, equal_time, epochs = pool(reports, "python scripts/pool_reports.py " + shlex.join(argv))
     except ValueError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     args.out.mkdir(parents=True, exist_ok=True)
     _files.atomic_write_text(args.out / "report.md", text)
     _files.atomic_write_json(args.out / "compare.json", data)
-    write_knn_plot(runs, {}, args.out / "knn_curves.png", epochs)
+    write_knn_plot(runs, equal_time, args.out / "knn_curves.png", epochs)
     views = args.reports[0].parent / "views_grid.png"
     if data["calibration"] is not None and views.is_file():  # the report names it
         _files.atomic_write_bytes(args.out / "views_grid.png", views.read_bytes())

@@ -77,3 +77,37 @@ def test_baseline_only_reports_pool_without_a_calibration(tmp_path):
     data = json.loads((tmp_path / "pooled" / "compare.json").read_text())
     assert data["calibration"] is None and [r["seed"] for r in data["runs"]] == [0, 1]
     assert not (tmp_path / "pooled" / "views_grid.png").exists()
+
+
+def test_equal_time_runs_pool_when_every_report_planned_the_same_epochs(tmp_path, monkeypatch, capsys):
+    # E' is rounded from each call's measured costs; fixed here so that the calls plan alike (and then not).
+    monkeypatch.setattr(compare, "equal_time_epochs", lambda epochs, baseline, variant: 1)
+    argv = [*(a for a in TINY if a != "--no-equal-time"), "--epochs", "2"]
+    both = compare.main([*argv, "--seeds", "0", "1", "--out", str(tmp_path / "both")])
+    for seed in ("0", "1"):
+        compare.main([*argv, "--seeds", seed, "--out", str(tmp_path / f"s{seed}")])
+    assert both["equal_time_plan"] == {"idaa": 1}
+    pool_reports = load_script()
+    reports = [str(tmp_path / name / "compare.json") for name in ("s0", "s1")]
+    assert pool_reports.main([*reports, "--out", str(tmp_path / "pooled")]) == 0
+    pooled = json.loads((tmp_path / "pooled" / "compare.json").read_text())
+    assert pooled["equal_time_plan"] == {"idaa": 1} and "equal_time_not_pooled" not in pooled
+    equal_time = {(p["variant"], p["against"], p["metric"]): [round(d, 6) for d in p["differences"]]
+                  for p in pooled["equal_time"]["paired"]}
+    assert equal_time == {(p["variant"], p["against"], p["metric"]): [round(d, 6) for d in p["differences"]]
+                          for p in both["equal_time"]["paired"]} and len(equal_time) == 2
+    assert "### Equal wall-clock time" in (tmp_path / "pooled" / "report.md").read_text()
+    # Plans that differ, or a report without equal-time runs: the equal-epoch runs only, and the report says why.
+    for name, plan, reason in [("other-plan.json", {"idaa": 2}, "planned different equal-time epochs E' (IDAA 1; "
+                                                                "IDAA 2)"),
+                               ("no-plan.json", None, "missing from 1 of the 2 reports")]:
+        data = json.loads(Path(reports[1]).read_text())
+        data["equal_time_plan"] = plan
+        (tmp_path / name).write_text(json.dumps(data))
+        out = tmp_path / f"pooled-{name}"
+        assert pool_reports.main([reports[0], str(tmp_path / name), "--out", str(out)]) == 0
+        data = json.loads((out / "compare.json").read_text())
+        assert data["equal_time_plan"] is None and reason in data["equal_time_not_pooled"]
+        assert paired(data) == paired(both)
+        text = (out / "report.md").read_text()
+        assert "Equal wall-clock time: not pooled, because" in text and "### Equal wall-clock time" not in text
