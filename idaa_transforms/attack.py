@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import SyncBatchNorm, _BatchNorm
+from torch.nn.modules.batchnorm import SyncBatchNorm, _BatchNorm, _NormBase
 
 from idaa_transforms.bn import DualBatchNorm, adversarial_bn
 from idaa_transforms.losses import negative_cosine, nt_xent
@@ -28,6 +29,8 @@ __all__ = [
     "LossFn",
     "frozen_batchnorm_stats",
     "call_without_buffer_updates",
+    "modules_behind",
+    "warn_without_modules",
     "encoder_loss",
     "loss_gradient",
     "require_autograd",
@@ -81,13 +84,15 @@ def frozen_batchnorm_stats(model: nn.Module) -> Iterator[nn.Module]:
 
     BatchNorms in training mode still normalise with batch statistics, as in the caller's own forward pass; their
     running-statistics buffers are hidden for the duration (a BatchNorm without them updates nothing), so nothing is
-    copied and those tensors are never written to. Use it around any extra forward pass of a model under training
-    that should not count as a training step, e.g. inside a ``loss_fn`` given to an adversary that does not know the
-    model. The modules are changed for the duration of the block: do not run the same model in another thread then.
+    copied and those tensors are never written to. InstanceNorms that track running statistics are treated alike.
+    Use it around any extra forward pass of a model under training that should not count as a training step, e.g.
+    inside a ``loss_fn`` given to an adversary that does not know the model. The modules are changed for the
+    duration of the block: do not run the same model in another thread then.
 
     Args:
         model: any module; its BatchNorms (``_BatchNorm`` subclasses, including those of
-            :class:`~idaa_transforms.DualBatchNorm`) in training mode that track running statistics are frozen.
+            :class:`~idaa_transforms.DualBatchNorm`) and InstanceNorms in training mode that track running
+            statistics are frozen.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
@@ -96,9 +101,20 @@ def frozen_batchnorm_stats(model: nn.Module) -> Iterator[nn.Module]:
         >>> int(net[1].num_batches_tracked), net[1].running_mean.tolist()
         (0, [0.0, 0.0, 0.0])
     """
+    with _frozen_stats([model]):
+        yield model
+
+
+@contextmanager
+def _frozen_stats(roots: list[nn.Module]) -> Iterator[None]:
+    """:func:`frozen_batchnorm_stats` for every module of ``roots`` (each once)."""
     saved: list[tuple[nn.Module, dict[str, Tensor | None]]] = []
-    for m in model.modules():
-        if isinstance(m, _BatchNorm) and m.training and m.track_running_stats and m.running_mean is not None:
+    seen: set[int] = set()
+    for m in (m for root in roots for m in root.modules()):
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        if isinstance(m, _NormBase) and m.training and m.track_running_stats and m.running_mean is not None:
             saved.append((m, {name: m._buffers[name] for name in _STATS}))
     try:
         for m, buffers in saved:
@@ -106,24 +122,79 @@ def frozen_batchnorm_stats(model: nn.Module) -> Iterator[nn.Module]:
                 m._buffers[name] = None
             if isinstance(m, SyncBatchNorm):  # it insists on a counter: give it a scratch one
                 m._buffers["num_batches_tracked"] = torch.zeros_like(buffers["num_batches_tracked"])
-        yield model
+        yield
     finally:
         for m, buffers in saved:
             m._buffers.update(buffers)
 
 
+def modules_behind(encoder: Any) -> list[nn.Module]:
+    """The modules a callable runs, as far as its Python objects tell: a module itself; a bound method's object; a
+    ``functools.partial``'s function and arguments; a function's (a lambda's) closure and the globals its code
+    names; a callable object's attributes. Used to leave their BatchNorm statistics, modes and grads alone when the
+    encoder is given as ``encoder=self.forward_features`` or ``encoder=lambda v: self.backbone(v)``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+        >>> [m is net for m in modules_behind(lambda v: net(v).relu())]
+        [True]
+        >>> modules_behind(torch.flatten)
+        []
+    """
+    found: dict[int, nn.Module] = {}
+    _collect_modules(encoder, found, depth=0)
+    return list(found.values())
+
+
+def _collect_modules(obj: Any, found: dict[int, nn.Module], depth: int) -> None:
+    if isinstance(obj, nn.Module):
+        found.setdefault(id(obj), obj)
+        return
+    if depth > 2 or obj is None or isinstance(obj, (Tensor, str, bytes, int, float, bool, type)):
+        return
+    if isinstance(obj, functools.partial):
+        for part in (obj.func, *obj.args, *obj.keywords.values()):
+            _collect_modules(part, found, depth + 1)
+        return
+    owner = getattr(obj, "__self__", None)
+    if isinstance(owner, nn.Module):
+        found.setdefault(id(owner), owner)
+        return
+    code = getattr(obj, "__code__", None)
+    if code is not None:  # a Python function or lambda
+        for cell in getattr(obj, "__closure__", None) or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            _collect_modules(value, found, depth + 1)
+        names = getattr(obj, "__globals__", {})
+        for name in code.co_names:
+            value = names.get(name)
+            if isinstance(value, nn.Module) or (callable(value) and hasattr(value, "__code__")):
+                _collect_modules(value, found, depth + 1)
+        return
+    if callable(obj) and hasattr(obj, "__dict__"):  # a callable object: the modules it holds
+        for value in vars(obj).values():
+            if isinstance(value, nn.Module):
+                found.setdefault(id(value), value)
+
+
 def call_without_buffer_updates(module: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``module(*args, **kwargs)`` inside :func:`frozen_batchnorm_stats` (a plain call for a non-module callable).
+    """``module(*args, **kwargs)`` inside :func:`frozen_batchnorm_stats` of the modules it runs (see
+    :func:`modules_behind`: a bound method's or a lambda's modules too).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
         >>> _ = call_without_buffer_updates(net, torch.randn(8, 3))
+        >>> _ = call_without_buffer_updates(lambda v: net(v), torch.randn(8, 3))
         >>> int(net[1].num_batches_tracked)
         0
     """
-    if not isinstance(module, nn.Module):
+    roots = _roots(module)
+    if not roots:
         return module(*args, **kwargs)
-    with frozen_batchnorm_stats(module):
+    with _frozen_stats(roots):
         return module(*args, **kwargs)
 
 
@@ -181,12 +252,13 @@ def loss_gradient(value: Tensor, wrt: Tensor, check_finite: bool = False) -> Ten
     Args:
         value: the loss, a scalar tensor computed from ``wrt``.
         wrt: the leaf tensor to differentiate with respect to.
-        check_finite: also reject a NaN or infinite loss (its signed gradient would be zero: a silent no-op). This
-            reads the value on the host: enable it on the CPU, or where a device synchronisation is acceptable.
+        check_finite: also reject a NaN or infinite loss, and a gradient that is zero everywhere (either would make
+            the step a silent no-op). This reads values on the host: enable it on the CPU, or where a device
+            synchronisation is acceptable.
 
     Raises:
-        ValueError: if the loss is not a scalar, has no gradient path to ``wrt``, is not finite (with
-            ``check_finite``), or if ``loss_fn`` already ran ``.backward()`` on it.
+        ValueError: if the loss is not a scalar, has no gradient path to ``wrt``, is not finite or has a zero
+            gradient (with ``check_finite``), or if ``loss_fn`` already ran ``.backward()`` on it.
     """
     if not isinstance(value, Tensor) or value.ndim != 0:
         got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
@@ -205,6 +277,12 @@ def loss_gradient(value: Tensor, wrt: Tensor, check_finite: bool = False) -> Ten
         raise ValueError(
             "loss_fn: the loss has no gradient path to x_adv; compute it from x_adv without detaching, "
             "and do not call the transform's loss under torch.no_grad() inside loss_fn."
+        )
+    if check_finite and not bool(grad.any()):
+        raise ValueError(
+            "loss: its gradient is zero everywhere, so the attack step would change nothing; a loss at its minimum "
+            "where x_adv == x (a squared distance, say) has no slope there (use random_start=True, or a loss with "
+            "negatives like the built-in NT-Xent), and a round() or a comparison inside the loss has none anywhere."
         )
     return grad
 
@@ -259,9 +337,8 @@ def check_anchor(anchor: Any, x: Tensor, who: str) -> None:
 
 def check_encoder(encoder: Any, x: Tensor, who: str, builtin_loss: bool) -> None:
     """The encoder's device must be the input's; for the built-in loss, its dtype too (unless autocast is on)."""
-    if not isinstance(encoder, nn.Module):
-        return
-    param = next((p for p in encoder.parameters() if p.is_floating_point()), None)
+    roots = _roots(encoder)
+    param = next((p for root in roots for p in root.parameters() if p.is_floating_point()), None)
     if param is None:
         return
     if param.device != x.device:
@@ -289,10 +366,11 @@ def resolve_loss(
         return builtin
     if not callable(loss_fn):
         raise TypeError(f"loss_fn: expected a callable loss_fn(x, x_adv) -> scalar, got {type(loss_fn).__name__}.")
-    if isinstance(encoder, nn.Module):
+    roots = [] if encoder is None else _roots(encoder)
+    if roots:
 
         def protected(x: Tensor, x_adv: Tensor, anchor: Tensor | None) -> Tensor:
-            with frozen_batchnorm_stats(encoder):
+            with _frozen_stats(roots):
                 return loss_fn(x, x_adv)
 
         return protected
@@ -315,8 +393,8 @@ def warn_once(warned: set[str], key: str, message: str) -> None:
 def warn_without_dual_bn(encoder: Any, enabled: bool, who: str, warned: set[str]) -> None:
     """Warn once when ``use_adversarial_bn=True`` meets an encoder without :class:`DualBatchNorm`: it changes
     nothing there."""
-    if enabled and "adversarial_bn" not in warned and isinstance(encoder, nn.Module) \
-            and not any(isinstance(m, DualBatchNorm) for m in encoder.modules()):
+    if enabled and "adversarial_bn" not in warned and encoder is not None and (modules := _roots(encoder)) \
+            and not any(isinstance(m, DualBatchNorm) for root in modules for m in root.modules()):
         warn_once(warned, "adversarial_bn", f"{who}: use_adversarial_bn=True, but the encoder has no DualBatchNorm, "
                                             f"so it changes nothing; convert the encoder with "
                                             f"convert_to_dual_bn(encoder) first.")
@@ -324,7 +402,24 @@ def warn_without_dual_bn(encoder: Any, enabled: bool, who: str, warned: set[str]
 
 def trains_batchnorm(encoder: Any) -> bool:
     """Whether ``encoder`` holds a BatchNorm in training mode, which cannot run on a batch of one sample."""
-    return isinstance(encoder, nn.Module) and any(isinstance(m, _BatchNorm) and m.training for m in encoder.modules())
+    return encoder is not None and any(isinstance(m, _BatchNorm) and m.training
+                                       for root in _roots(encoder) for m in root.modules())
+
+
+def _roots(encoder: Any) -> list[nn.Module]:
+    return [encoder] if isinstance(encoder, nn.Module) else modules_behind(encoder)
+
+
+def warn_without_modules(encoder: Any, who: str, warned: set[str]) -> None:
+    """Warn when ``encoder`` is a callable behind which no module can be found (:func:`modules_behind`): its
+    BatchNorm statistics cannot be left untouched then."""
+    if encoder is not None and not isinstance(encoder, nn.Module) and not modules_behind(encoder):
+        name = getattr(encoder, "__qualname__", type(encoder).__name__)
+        warn_once(warned, "modules", f"{who}: no nn.Module found behind encoder={name} (not a module, a bound method "
+                                     f"of one, a partial or a closure over one), so the running statistics of any "
+                                     f"BatchNorm it runs are not protected from the attack's passes; pass the module "
+                                     f"itself (encoder=model), or a loss_fn that runs it inside "
+                                     f"frozen_batchnorm_stats(model).")
 
 
 @contextmanager

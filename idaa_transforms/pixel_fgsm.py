@@ -25,6 +25,7 @@ from idaa_transforms.attack import (
     require_autograd,
     resolve_loss,
     warn_without_dual_bn,
+    warn_without_modules,
 )
 
 __all__ = ["PixelFGSM", "matched_pixel_eps"]
@@ -34,15 +35,16 @@ class PixelFGSM(nn.Module):
     """One signed-gradient step on the pixels that increases ``L(x, x_adv)``; detached output.
 
     Args:
-        encoder: the model under training (built-in loss: NT-Xent between ``encoder(x)`` and ``encoder(x_adv)``);
-            referenced, not owned: its grads, modes and BatchNorm statistics are left untouched, also during calls
-            of a ``loss_fn``.
+        encoder: the model under training (built-in loss: NT-Xent between ``encoder(x)`` and ``encoder(x_adv)``),
+            a module or a callable over one, as for :class:`~idaa_transforms.IDAATransform`; referenced, not owned:
+            its grads, modes and BatchNorm statistics are left untouched, also during calls of a ``loss_fn``.
         loss_fn: ``loss_fn(x, x_adv) -> scalar`` instead of the built-in loss.
         eps: L-inf size of the step, in the input's units.
         temperature: NT-Xent temperature of the built-in loss.
         use_adversarial_bn: run the encoder through its adversarial BatchNorms.
-        check_finite: read the input's and the loss's values to reject NaN/Inf; ``None`` checks CPU tensors only
-            (on an accelerator the check forces a host-device synchronisation).
+        check_finite: read the input's and the loss's values to reject NaN/Inf and a gradient that is zero
+            everywhere; ``None`` checks CPU tensors only (on an accelerator the check forces a host-device
+            synchronisation).
 
     Shape:
         - Input: ``(B, C, H, W)`` or ``(C, H, W)``, any floating dtype.
@@ -76,7 +78,10 @@ class PixelFGSM(nn.Module):
         self.loss_fn = loss_fn
         self.eps = float(eps)
         self.temperature = float(temperature)
-        self.use_adversarial_bn = bool(use_adversarial_bn)
+        for name, value in (("use_adversarial_bn", use_adversarial_bn), ("check_finite", check_finite)):
+            if not isinstance(value, bool) and not (name == "check_finite" and value is None):
+                raise TypeError(f"{name}: expected True or False, got {value!r}.")
+        self.use_adversarial_bn = use_adversarial_bn
         self.check_finite = check_finite
         self._warned: set[str] = set()
 
@@ -89,6 +94,7 @@ class PixelFGSM(nn.Module):
         check_encoder(self.encoder, x, "PixelFGSM", builtin_loss=loss == self._encoder_loss)
         check_anchor(anchor, x, "PixelFGSM")
         warn_without_dual_bn(self.encoder, self.use_adversarial_bn, "PixelFGSM", self._warned)
+        warn_without_modules(self.encoder, "PixelFGSM", self._warned)
         if x.shape[0] == 0:
             return x.detach()
         with torch.enable_grad(), batch_of_one_explained("PixelFGSM"):

@@ -39,16 +39,18 @@ from idaa_transforms.attack import (
     trains_batchnorm,
     warn_once,
     warn_without_dual_bn,
+    warn_without_modules,
 )
 from idaa_transforms.vae import IdentityVAE
 
 __all__ = ["IDAATransform", "Decomposition", "LossFn"]
 
 NORMS = ("linf", "l2")
-#: Inputs below/above these values, without ``mean``/``std``, are taken for normalised images (a warning, once).
+#: Inputs whose pixels (through ``mean``/``std`` when given) reach this far below 0 or above 1 are refused: they are
+#: not the images the transform was told about (normalised images without ``mean=``/``std=``, say), the VAE would
+#: see them out of its range and the attack change them by next to nothing.
 PIXEL_RANGE_SLACK = 0.5
-#: Inputs above this value, without ``mean``/``std``, are taken for 0-255 pixels and refused: the VAE would saturate
-#: and the attack return ``x`` unchanged (normalised images stay far below it).
+#: Pixels above this value are taken for 0-255 pixels, and the refusal says so.
 PIXEL_SCALE_LIMIT = 20.0
 #: Inputs more than this many times the VAE's resolution draw a warning (once): the VAE sees them downsampled.
 RESOLUTION_RATIO = 2
@@ -82,9 +84,15 @@ class Decomposition(NamedTuple):
 def _check_range(name: str, value: float, low: float, high: float = math.inf) -> float:
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high
             or not math.isfinite(value)):
-        bounds = f"[{low}, {high}]" if high != math.inf else f">= {low}"
-        raise ValueError(f"{name} out of bounds. Expected a finite number in {bounds}, got {value!r}.")
+        bounds = f"in [{low}, {high}]" if high != math.inf else f">= {low}"
+        raise ValueError(f"{name} out of bounds. Expected a finite number {bounds}, got {value!r}.")
     return float(value)
+
+
+def _check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):  # bool("no") is True: a string or a number here is a mistake, not a flag
+        raise TypeError(f"{name}: expected True or False, got {value!r}.")
+    return value
 
 
 def _per_channel(name: str, values: float | Sequence[float] | Tensor | None, channels: int) -> Tensor | None:
@@ -129,10 +137,12 @@ class IDAATransform(nn.Module):
             outside the module tree: it never appears in ``parameters()``, ``buffers()`` or ``state_dict()`` of the
             transform or of a model holding it (so optimisers, DDP and checkpoints leave it alone), but follows
             ``.to()``, ``.cuda()``, ``.half()`` like a submodule. Save it with ``idaa.vae.save_pretrained(path)``.
-        encoder: the model under training, used for the built-in loss ``nt_xent(encoder(x), encoder(x_adv))``.
-            It is referenced, not owned (not a submodule): its ``.grad``, train/eval flags and BatchNorm running
+        encoder: the model under training, used for the built-in loss ``nt_xent(encoder(x), encoder(x_adv))``:
+            a module, a bound method of one (``self.forward_features``) or a function over one (a lambda). It is
+            referenced, not owned (not a submodule): its ``.grad``, train/eval flags and BatchNorm running
             statistics are left untouched, also during calls of a ``loss_fn`` (see
-            :func:`~idaa_transforms.frozen_batchnorm_stats` for models the transform does not know).
+            :func:`~idaa_transforms.frozen_batchnorm_stats` for models the transform does not know; a callable
+            with no module behind it draws a warning).
         loss_fn: ``loss_fn(x, x_adv) -> scalar`` to increase instead of the built-in loss; it returns the loss and
             leaves ``.backward()`` to the transform.
         eps: radius of the latent perturbation (L-inf or L2 ball around the posterior mean).
@@ -142,17 +152,19 @@ class IDAATransform(nn.Module):
         random_start: start from a random point in the ball instead of its centre: uniform in the L-inf ball; for
             ``"l2"``, a uniform direction at a radius uniform in ``[0, eps]``.
         p: probability that a sample is augmented; the others are returned unchanged and cost nothing.
-        mean, std: the normalisation the caller applied before the transform (per channel, pixel units);
-            ``None`` means inputs are plain [0, 1] pixels (inputs well outside [0, 1] then draw a warning, once;
-            inputs above 20, like 0-255 pixels, are refused).
+        mean, std: the normalisation the caller applied before the transform, per channel, in units of [0, 1]
+            pixels (``v2.Normalize``'s values after ``v2.ToDtype(torch.float32, scale=True)``); ``None`` means inputs
+            are plain [0, 1] pixels. Inputs whose pixels, through ``mean``/``std``, fall well outside [0, 1] (0-255
+            pixels, normalised images without ``mean=``/``std=``) are refused: the attack would change nothing.
         clamp: clip the output to the valid pixel range ([0, 1] pixels, mapped through ``mean``/``std``).
         temperature: NT-Xent temperature of the built-in loss.
         use_adversarial_bn: run the attack's encoder passes inside :func:`~idaa_transforms.adversarial_bn`, for
             encoders converted with :func:`~idaa_transforms.convert_to_dual_bn`; without ``anchor=`` this includes
             the built-in loss's pass on ``x`` (as in the original ResNet-18 code).
-        check_finite: read the input's and the loss's values to reject NaN/Inf and 0-255 pixels (and to warn about
-            un-normalised ranges). ``None`` checks every call on the CPU but only the first input on an accelerator,
-            where reading values forces a host-device synchronisation; ``False`` never reads them.
+        check_finite: read the input's and the loss's values to reject NaN/Inf, pixels far outside [0, 1] and a
+            gradient that is zero everywhere (each a silent no-op otherwise). ``None`` checks every call on the CPU
+            but only the first input on an accelerator, where reading values forces a host-device synchronisation
+            (so there the loss and its gradient are not read); ``False`` never reads them.
         generator: a ``torch.Generator`` on the CPU, or an int seed, for the sample selection and random start.
             It does not reach randomness inside the encoder or the loss (dropout, say): seed those with torch's
             global generator, or put the encoder in eval mode.
@@ -216,7 +228,9 @@ class IDAATransform(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(vae, IdentityVAE):
-            raise TypeError(f"vae: expected an IdentityVAE, got {type(vae).__name__}.")
+            raise TypeError(f"vae: expected an IdentityVAE, got {type(vae).__name__}; the VAE comes first "
+                            f"(IDAATransform(vae, encoder=model)), or load one with "
+                            f"IDAATransform.from_pretrained(encoder=model).")
         if encoder is not None and not callable(encoder):
             raise TypeError(f"encoder: expected a callable (an nn.Module), got {type(encoder).__name__}.")
         if loss_fn is not None and not callable(loss_fn):
@@ -231,13 +245,17 @@ class IDAATransform(nn.Module):
         self.steps = steps
         default_step = self.eps if steps == 1 else 2.5 * self.eps / steps
         self.step_size = default_step if step_size is None else _check_range("step_size", step_size, 0.0)
+        self.random_start = _check_flag("random_start", random_start)
+        if self.step_size == 0 and self.eps > 0 and not self.random_start:
+            raise ValueError(f"step_size: 0 with eps={self.eps} and no random_start would leave every sample "
+                             f"unchanged; give a positive step_size, or leave it out (the default is eps for one "
+                             f"step).")
         self.norm = norm
-        self.random_start = bool(random_start)
         self.p = _check_range("p", p, 0.0, 1.0)
-        self.clamp = bool(clamp)
+        self.clamp = _check_flag("clamp", clamp)
         self.temperature = _check_range("temperature", temperature, 1e-8)
-        self.use_adversarial_bn = bool(use_adversarial_bn)
-        self.check_finite = check_finite
+        self.use_adversarial_bn = _check_flag("use_adversarial_bn", use_adversarial_bn)
+        self.check_finite = check_finite if check_finite is None else _check_flag("check_finite", check_finite)
         self.loss_fn = loss_fn
         self.encoder = encoder  # referenced, not registered: it belongs to the caller (see __setattr__)
         self.generator = _generator(generator)
@@ -264,6 +282,7 @@ class IDAATransform(nn.Module):
         self._shift = ((user_mean - vae_mean) / vae_std).to(device)
         self._low = (-user_mean / user_std).to(device)
         self._high = ((1 - user_mean) / user_std).to(device)
+        self._pixels = (user_mean.flatten().tolist(), user_std.flatten().tolist())  # for the input check, on the host
 
     @classmethod
     def from_pretrained(
@@ -352,7 +371,9 @@ class IDAATransform(nn.Module):
             inputs: the batch ``x``, ``(B, C, H, W)`` or ``(C, H, W)``; or, as in a ``torchvision.transforms.v2``
                 pipeline, a sample (tuple, dict, ... of tensors): its images (``tv_tensors.Image``, or else the first
                 plain tensor) are transformed and come back with their type; boxes, masks, labels and any other
-                entries pass through untouched.
+                entries pass through untouched. Several plain floating-point tensors shaped alike, without a
+                ``tv_tensors.Image``, are refused: a batch left unstacked would have only its first image
+                transformed.
             loss_fn: ``loss_fn(x, x_adv) -> scalar`` for this call, overriding the one given at construction.
             anchor: ``encoder(x)`` if the caller has it already (e.g. from its own forward pass); it is detached and
                 saves the built-in loss one encoder pass.
@@ -375,6 +396,7 @@ class IDAATransform(nn.Module):
         check_encoder(self.encoder, x, "IDAATransform", builtin_loss=loss == self._encoder_loss)
         check_anchor(anchor, x, "IDAATransform")
         warn_without_dual_bn(self.encoder, self.use_adversarial_bn, "IDAATransform", self._warned)
+        warn_without_modules(self.encoder, "IDAATransform", self._warned)
         if x.shape[0] == 0:
             return x.detach()
 
@@ -501,6 +523,13 @@ class IDAATransform(nn.Module):
         if not images:  # as in v2: without Image entries, the first plain tensor is the image
             plain = [i for i, leaf in enumerate(leaves)
                      if isinstance(leaf, Tensor) and not isinstance(leaf, tv_tensors.TVTensor)]
+            alike = [i for i in plain if leaves[i].shape == leaves[plain[0]].shape and leaves[i].is_floating_point()]
+            if len(alike) > 1 and leaves[plain[0]].is_floating_point():
+                raise TypeError(
+                    f"IDAATransform: got {len(alike)} image tensors of shape {tuple(leaves[plain[0]].shape)}, but it "
+                    "transforms one batch (a v2 sample's first plain tensor, the others passing through); stack "
+                    "them into one (B, C, H, W) batch with torch.stack, or mark the images with tv_tensors.Image."
+                )
             images = plain[:1]
         if not images:
             raise TypeError(
@@ -545,22 +574,41 @@ class IDAATransform(nn.Module):
         first = self.check_finite is None and not self._values_seen and not reads_values(x, None)
         if (reads_values(x, self.check_finite) or first) and x.numel():
             self._values_seen |= first
-            low, high = (float(v) for v in torch.aminmax(x.detach()))  # one pass: NaN and Inf propagate to the extremes
+            low, high = self._pixel_range(x.detach())
             if not (math.isfinite(low) and math.isfinite(high)):
                 raise ValueError("IDAATransform: the input contains NaN or Inf values.")
-            if not self._normalised and high > PIXEL_SCALE_LIMIT:
-                raise ValueError(f"IDAATransform: inputs reach {high:.1f}, like 0-255 pixels, but [0, 1] pixels are "
-                                 f"expected without mean=/std= (the VAE would saturate and the attack change "
-                                 f"nothing); divide the images by 255 (inputs normalised before the transform: pass "
-                                 f"the normalisation's mean= and std=).")
-            if not self._normalised and (low < -PIXEL_RANGE_SLACK or high > 1 + PIXEL_RANGE_SLACK):
-                self._warn_once(
-                    "range",
-                    f"IDAATransform: inputs range over [{low:.2f}, {high:.2f}], well outside the [0, 1] pixels "
-                    "expected without mean=/std=; if the pipeline normalises before the transform, pass the same "
-                    "mean= and std=.",
-                )
+            if low < -PIXEL_RANGE_SLACK or high > 1 + PIXEL_RANGE_SLACK:
+                raise ValueError(self._range_error(low, high))
         return x, unbatched
+
+    def _pixel_range(self, x: Tensor) -> tuple[float, float]:
+        """The lowest and highest pixel of ``x``, in [0, 1] pixel units (through ``mean``/``std`` when given)."""
+        if not self._normalised:  # one pass: NaN and Inf propagate to the extremes
+            return tuple(float(v) for v in torch.aminmax(x))
+        low, high = (v.tolist() for v in torch.aminmax(x.transpose(0, 1).reshape(x.shape[1], -1), dim=1))
+        if not all(map(math.isfinite, low + high)):
+            return math.nan, math.nan
+        mean, std = self._pixels
+        return (min(v * s + m for v, s, m in zip(low, std, mean)),
+                max(v * s + m for v, s, m in zip(high, std, mean)))
+
+    def _range_error(self, low: float, high: float) -> str:
+        """Why inputs whose pixels span ``[low, high]`` are refused, and what to do."""
+        if not self._normalised:
+            if high > PIXEL_SCALE_LIMIT:
+                return (f"IDAATransform: inputs reach {high:.1f}, like 0-255 pixels, but [0, 1] pixels are expected "
+                        f"without mean=/std= (the VAE would saturate and the attack change nothing); divide the "
+                        f"images by 255 (inputs normalised before the transform: pass the normalisation's mean= and "
+                        f"std=).")
+            return (f"IDAATransform: inputs range over [{low:.2f}, {high:.2f}], well outside the [0, 1] pixels "
+                    f"expected without mean=/std= (the VAE would see them out of its range and the attack change "
+                    f"next to nothing); if the pipeline normalises before the transform, pass the same mean= and "
+                    f"std=.")
+        scale = " (like 0-255 pixels)" if high > PIXEL_SCALE_LIMIT else ""
+        return (f"IDAATransform: through mean= and std=, the inputs are pixels in [{low:.2f}, {high:.2f}]{scale}, "
+                f"well outside [0, 1]; scale the images to [0, 1] before normalising them (e.g. "
+                f"v2.ToDtype(torch.float32, scale=True)) and give mean= and std= in [0, 1] pixel units, as "
+                f"v2.Normalize takes them after that.")
 
     def _warn_once(self, key: str, message: str) -> None:
         warn_once(self._warned, key, message)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import functools
+import warnings
 
 import pytest
 import torch
@@ -10,7 +12,13 @@ from helpers import batch, make_encoder, make_vae
 from torch import nn
 
 from idaa_transforms import Adversary, IDAATransform, PixelFGSM, convert_to_dual_bn, frozen_batchnorm_stats
-from idaa_transforms.attack import call_without_buffer_updates, encoder_loss, loss_gradient, require_autograd
+from idaa_transforms.attack import (
+    call_without_buffer_updates,
+    encoder_loss,
+    loss_gradient,
+    modules_behind,
+    require_autograd,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -115,3 +123,89 @@ def test_both_adversaries_follow_the_protocol():
         assert (out - x).abs().max() > 1e-3
         custom = adversary(x, loss_fn=lambda a, b: (b * a).sum())
         assert not torch.equal(custom, out)
+
+
+GLOBAL_ENCODER = make_encoder(seed=3)
+
+
+def _through_the_global(v):
+    return GLOBAL_ENCODER(v)
+
+
+class _Holder:
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, v):
+        return self.model(v)
+
+
+def test_modules_behind_a_callable_encoder():
+    encoder = make_encoder()
+
+    class Lightning(nn.Module):  # the pattern of a LightningModule that holds the backbone
+        def __init__(self):
+            super().__init__()
+            self.backbone = encoder
+
+        def encode(self, v):
+            return self.backbone(v)
+
+    module = Lightning()
+    for callable_, expected in [(encoder, [encoder]), (module.encode, [module]), (lambda v: module.encode(v), [module]),
+                                (functools.partial(encoder), [encoder]), (_Holder(encoder), [encoder]),
+                                (_through_the_global, [GLOBAL_ENCODER]),
+                                (lambda v: _through_the_global(v) + encoder(v), [GLOBAL_ENCODER, encoder]),
+                                (torch.flatten, []), (lambda v: v.flatten(1), [])]:
+        found = modules_behind(callable_)
+        assert sorted(map(id, found)) == sorted(map(id, expected)) and len(found) == len(expected), callable_
+
+
+def test_batchnorm_statistics_behind_a_callable_encoder_are_left_untouched():
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                            nn.InstanceNorm2d(8, track_running_stats=True), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                            nn.Linear(32, 16))
+    x = batch(8)
+    for callable_ in (encoder, encoder.forward, lambda v: encoder(v), functools.partial(encoder), _Holder(encoder)):
+        before = stats(encoder)
+        assert "3.running_mean" in before  # the InstanceNorm's statistics are protected too
+        call_without_buffer_updates(callable_, x)
+        for adversary in (IDAATransform(make_vae(), encoder=callable_, eps=0.5), PixelFGSM(callable_, eps=0.1)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a module is found behind each: no warning
+                adversary(x)
+                adversary(x, loss_fn=lambda a, b: -(encoder(b) * encoder(a).detach()).sum())
+        assert_stats_equal(before, encoder)
+    encoder(x)  # the statistics still train in the caller's own passes
+    assert not torch.equal(stats(encoder)["1.running_mean"], before["1.running_mean"])
+    # The encoder's dtype is checked through a lambda too: one line, not torch's conv error.
+    doubled = copy.deepcopy(encoder).double()
+    with pytest.raises(TypeError, match="the encoder's parameters are torch.float64"):
+        IDAATransform(make_vae(), encoder=lambda v: doubled(v), eps=0.5)(x)
+
+
+def test_a_callable_without_a_module_behind_it_warns_that_it_cannot_protect_statistics():
+    x = batch(8)
+    for adversary in (IDAATransform(make_vae(), encoder=lambda v: v.flatten(1), eps=0.5),
+                      PixelFGSM(lambda v: v.flatten(1), eps=0.1)):
+        with pytest.warns(UserWarning, match=r"no nn.Module found behind encoder=.*<lambda>.*pass the module itself"):
+            adversary(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            adversary(x)  # once
+
+
+def test_a_gradient_that_is_zero_everywhere_is_an_error_not_a_no_op():
+    x = batch(8)
+    flat = lambda a, b: (b.round() - a).square().mean()  # noqa: E731 - a loss without a useful gradient
+    for adversary in (IDAATransform(make_vae(), eps=0.5), PixelFGSM(eps=0.1)):
+        with pytest.raises(ValueError, match="loss: its gradient is zero everywhere, so the attack step would change "
+                                             "nothing"):
+            adversary(x, loss_fn=flat)
+    # The pixel attack starts at x itself, where a squared distance has no slope.
+    squared = lambda a, b: (b - a).square().sum()  # noqa: E731
+    with pytest.raises(ValueError, match="a loss at its minimum where x_adv == x"):
+        PixelFGSM(eps=0.1)(x, loss_fn=squared)
+    z = torch.zeros(3, requires_grad=True)
+    assert loss_gradient((z * 0).sum(), z).abs().sum() == 0  # not checked without check_finite (no host read)

@@ -76,3 +76,17 @@ def test_keyword_arguments_still_apply_to_a_sample(boxes):
 def test_samples_without_an_image_are_refused(idaa, sample, message):
     with pytest.raises(TypeError, match=message):
         idaa(*sample)
+
+
+def test_several_plain_images_are_refused_not_one_transformed_and_the_others_passed_through(idaa):
+    images = [torch.rand(3, 32, 32) for _ in range(4)]  # a batch left unstacked
+    two_views = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    for call in (lambda: idaa(images), lambda: idaa(*images), lambda: idaa(*two_views)):
+        with pytest.raises(TypeError, match=r"got \d image tensors of shape .* stack them into one \(B, C, H, W\) "
+                                            r"batch with torch.stack, or mark the images with tv_tensors.Image"):
+            call()
+    x, labels = torch.rand(4, 3, 32, 32), torch.arange(4)
+    out, same = idaa(x, labels)  # an image batch and its labels: the usual v2 sample
+    assert out.shape == x.shape and same is labels
+    marked = idaa(tv_tensors.Image(x), torch.rand(4, 3, 32, 32))  # marked: the Image is transformed, the rest passes
+    assert isinstance(marked[0], tv_tensors.Image)

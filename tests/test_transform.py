@@ -825,6 +825,13 @@ def test_device_mismatch(make_idaa, encoder, x):
         (dict(mean=0.5, std=float("inf")), ValueError, "std: expected finite values"),
         (dict(mean="abc", std=0.5), TypeError, "mean: expected a number or one number per channel, got 'abc'"),
         (dict(mean=0.5, std=[0.2, None, 0.2]), TypeError, "std: expected a number or one number per channel"),
+        (dict(p=2.0), ValueError, r"p out of bounds. Expected a finite number in \[0.0, 1.0\], got 2.0"),
+        (dict(step_size=0.0), ValueError, "step_size: 0 with eps=0.1 and no random_start would leave every sample "
+                                          "unchanged"),
+        (dict(clamp="no"), TypeError, "clamp: expected True or False, got 'no'"),  # bool("no") is True
+        (dict(random_start="False"), TypeError, "random_start: expected True or False"),
+        (dict(use_adversarial_bn=1), TypeError, "use_adversarial_bn: expected True or False"),
+        (dict(check_finite="yes"), TypeError, "check_finite: expected True or False"),
     ],
 )
 def test_bad_arguments(vae, encoder, options, error, message):
@@ -902,25 +909,33 @@ def test_eps_that_overflows_the_latent_is_an_error(make_idaa, x, norm, eps):
         make_idaa(loss_fn=linear_loss(x), eps=eps, norm=norm)(x)
 
 
-def test_warns_once_about_unnormalised_ranges(make_idaa, x):
-    idaa = make_idaa(loss_fn=linear_loss(x), eps=0.5)
-    normalised = (x - 0.45) / 0.22
-    with pytest.warns(UserWarning, match=r"well outside the \[0, 1\] pixels expected without mean=/std="):
-        idaa(normalised)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        idaa(normalised)  # once
-        idaa.decompose(normalised)
-        make_idaa(loss_fn=linear_loss(x), eps=0.5)(x)  # [0, 1] pixels
-        make_idaa(loss_fn=linear_loss(x), eps=0.5, mean=0.45, std=0.22)(normalised)
-
-
-def test_0_255_pixels_are_refused_not_attacked_into_a_no_op(make_idaa, x):
+def test_inputs_outside_the_pixel_range_they_claim_are_refused_not_attacked_into_a_no_op(make_idaa, x):
     idaa = make_idaa(loss_fn=linear_loss(x), eps=0.5)
     with pytest.raises(ValueError, match=r"inputs reach 25\d\.\d, like 0-255 pixels.*divide the images by 255"):
         idaa(x * 255)
-    with pytest.warns(UserWarning, match="well outside"):  # strongly normalised images: a warning, not a refusal
-        idaa((x - 0.4) / 0.05)
+    for inputs in ((x - 0.45) / 0.22, (x - 0.4) / 0.05, x * 5):  # normalised images without mean=/std=, or scaled
+        with pytest.raises(ValueError, match=r"well outside the \[0, 1\] pixels expected without mean=/std=.*pass "
+                                             r"the same mean= and std="):
+            idaa(inputs)
+        with pytest.raises(ValueError, match="well outside"):
+            idaa.decompose(inputs)
+    imagenet = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    mean, std = (torch.tensor(imagenet[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_idaa(loss_fn=linear_loss(x), eps=0.5)(x * 1.4 - 0.2)  # within the slack: accepted
+        make_idaa(loss_fn=linear_loss(x), eps=0.5, **imagenet)((x - mean) / std)
+    # Through mean=/std=: 0-255 images normalised with [0, 1] statistics, or with 0-255 statistics (mmcv style).
+    for inputs, stats in [((x * 255 - mean) / std, imagenet),
+                          ((x * 255 - 120) / 58, dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])),
+                          ((x - mean) / std * 4, imagenet)]:
+        with pytest.raises(ValueError, match=r"through mean= and std=, the inputs are pixels in \[.*well outside "
+                                             r"\[0, 1\]; scale the images to \[0, 1\] before normalising"):
+            make_idaa(loss_fn=linear_loss(x), eps=0.5, **stats)(inputs)
+    bad = ((x - mean) / std).clone()
+    bad[0, 2, 0, 0] = float("nan")  # in any channel
+    with pytest.raises(ValueError, match="the input contains NaN or Inf values"):
+        make_idaa(loss_fn=linear_loss(x), eps=0.5, **imagenet)(bad)
 
 
 def test_values_are_read_once_where_they_are_not_read_every_call(make_idaa, x, monkeypatch):
@@ -946,12 +961,13 @@ def test_a_cpu_call_does_not_use_up_the_accelerators_first_read(make_idaa, x):
     assert not idaa._values_seen  # an accelerator's first input will still be read
 
 
-def test_warnings_point_at_the_callers_line(make_idaa, x):
-    idaa = make_idaa(loss_fn=linear_loss(x), eps=0.5)
+def test_warnings_point_at_the_callers_line(make_idaa):
+    large = torch.rand(2, 3, 128, 96)  # the resolution warning
+    idaa = make_idaa(loss_fn=linear_loss(large), eps=0.5)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        idaa((x - 0.45) / 0.22)
-        nn.Sequential(make_idaa(loss_fn=linear_loss(x), eps=0.5))((x - 0.45) / 0.22)  # through torch's frames
+        idaa(large)
+        nn.Sequential(make_idaa(loss_fn=linear_loss(large), eps=0.5))(large)  # through torch's frames
     assert [w.filename for w in caught] == [__file__, __file__]
 
 
@@ -1038,3 +1054,16 @@ def test_config_variant_vae(x):
     torch.testing.assert_close(parts.reconstruction + parts.residual, x, atol=1e-6, rtol=0)
     assert idaa(x).shape == x.shape
     assert isinstance(vae.config, VAEConfig)
+
+
+def test_arguments_that_do_make_sense_are_accepted(vae, encoder):
+    IDAATransform(vae, encoder, eps=0.0, step_size=0.0)  # the eps = 0 control
+    IDAATransform(vae, encoder, eps=0.1, step_size=0.0, random_start=True)  # a random point in the ball
+    IDAATransform(vae, encoder, check_finite=None, clamp=True, random_start=False)
+
+
+def test_the_encoder_in_the_place_of_the_vae_says_how_to_build_the_transform(encoder):
+    with pytest.raises(TypeError, match=r"vae: expected an IdentityVAE, got Sequential; the VAE comes first "
+                                        r"\(IDAATransform\(vae, encoder=model\)\), or load one with "
+                                        r"IDAATransform.from_pretrained\(encoder=model\)"):
+        IDAATransform(encoder)
