@@ -131,8 +131,9 @@ def _frozen_stats(roots: list[nn.Module]) -> Iterator[None]:
 def modules_behind(encoder: Any) -> list[nn.Module]:
     """The modules a callable runs, as far as its Python objects tell: a module itself; a bound method's object; a
     ``functools.partial``'s function and arguments; a function's (a lambda's) closure and the globals its code
-    names; a callable object's attributes. Used to leave their BatchNorm statistics, modes and grads alone when the
-    encoder is given as ``encoder=self.forward_features`` or ``encoder=lambda v: self.backbone(v)``.
+    names; a callable object's (or a method's object's) attributes. The adversaries leave the BatchNorm statistics
+    of these modules alone, and check their device and dtype, when the encoder is given as
+    ``encoder=self.forward_features`` or ``encoder=lambda v: self.backbone(v)``.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
@@ -160,6 +161,10 @@ def _collect_modules(obj: Any, found: dict[int, nn.Module], depth: int) -> None:
     if isinstance(owner, nn.Module):
         found.setdefault(id(owner), owner)
         return
+    if owner is not None and hasattr(owner, "__dict__"):  # a method of another object: the modules it holds
+        for value in vars(owner).values():
+            if isinstance(value, nn.Module):
+                found.setdefault(id(value), value)
     code = getattr(obj, "__code__", None)
     if code is not None:  # a Python function or lambda
         for cell in getattr(obj, "__closure__", None) or ():

@@ -139,6 +139,9 @@ class _Holder:
     def __call__(self, v):
         return self.model(v)
 
+    def encode(self, v):
+        return self.model(v)
+
 
 def test_modules_behind_a_callable_encoder():
     encoder = make_encoder()
@@ -154,6 +157,7 @@ def test_modules_behind_a_callable_encoder():
     module = Lightning()
     for callable_, expected in [(encoder, [encoder]), (module.encode, [module]), (lambda v: module.encode(v), [module]),
                                 (functools.partial(encoder), [encoder]), (_Holder(encoder), [encoder]),
+                                (_Holder(encoder).encode, [encoder]),
                                 (_through_the_global, [GLOBAL_ENCODER]),
                                 (lambda v: _through_the_global(v) + encoder(v), [GLOBAL_ENCODER, encoder]),
                                 (torch.flatten, []), (lambda v: v.flatten(1), [])]:
