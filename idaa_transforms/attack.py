@@ -161,10 +161,8 @@ def _collect_modules(obj: Any, found: dict[int, nn.Module], depth: int) -> None:
     if isinstance(owner, nn.Module):
         found.setdefault(id(owner), owner)
         return
-    if owner is not None and hasattr(owner, "__dict__"):  # a method of another object: the modules it holds
-        for value in vars(owner).values():
-            if isinstance(value, nn.Module):
-                found.setdefault(id(value), value)
+    if owner is not None:  # a method of another object: the modules it holds
+        _held_modules(owner, found)
     code = getattr(obj, "__code__", None)
     if code is not None:  # a Python function or lambda
         for cell in getattr(obj, "__closure__", None) or ():
@@ -179,10 +177,15 @@ def _collect_modules(obj: Any, found: dict[int, nn.Module], depth: int) -> None:
             if isinstance(value, nn.Module) or (callable(value) and hasattr(value, "__code__")):
                 _collect_modules(value, found, depth + 1)
         return
-    if callable(obj) and hasattr(obj, "__dict__"):  # a callable object: the modules it holds
-        for value in vars(obj).values():
-            if isinstance(value, nn.Module):
-                found.setdefault(id(value), value)
+    if callable(obj):  # a callable object: the modules it holds
+        _held_modules(obj, found)
+
+
+def _held_modules(obj: Any, found: dict[int, nn.Module]) -> None:
+    """The modules among ``obj``'s attributes (those of its ``__dict__``)."""
+    for value in getattr(obj, "__dict__", {}).values():
+        if isinstance(value, nn.Module):
+            found.setdefault(id(value), value)
 
 
 def call_without_buffer_updates(module: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -371,7 +374,7 @@ def resolve_loss(
         return builtin
     if not callable(loss_fn):
         raise TypeError(f"loss_fn: expected a callable loss_fn(x, x_adv) -> scalar, got {type(loss_fn).__name__}.")
-    roots = [] if encoder is None else _roots(encoder)
+    roots = _roots(encoder)
     if roots:
 
         def protected(x: Tensor, x_adv: Tensor, anchor: Tensor | None) -> Tensor:
@@ -398,7 +401,7 @@ def warn_once(warned: set[str], key: str, message: str) -> None:
 def warn_without_dual_bn(encoder: Any, enabled: bool, who: str, warned: set[str]) -> None:
     """Warn once when ``use_adversarial_bn=True`` meets an encoder without :class:`DualBatchNorm`: it changes
     nothing there."""
-    if enabled and "adversarial_bn" not in warned and encoder is not None and (modules := _roots(encoder)) \
+    if enabled and "adversarial_bn" not in warned and (modules := _roots(encoder)) \
             and not any(isinstance(m, DualBatchNorm) for root in modules for m in root.modules()):
         warn_once(warned, "adversarial_bn", f"{who}: use_adversarial_bn=True, but the encoder has no DualBatchNorm, "
                                             f"so it changes nothing; convert the encoder with "
@@ -407,18 +410,19 @@ def warn_without_dual_bn(encoder: Any, enabled: bool, who: str, warned: set[str]
 
 def trains_batchnorm(encoder: Any) -> bool:
     """Whether ``encoder`` holds a BatchNorm in training mode, which cannot run on a batch of one sample."""
-    return encoder is not None and any(isinstance(m, _BatchNorm) and m.training
-                                       for root in _roots(encoder) for m in root.modules())
+    return any(isinstance(m, _BatchNorm) and m.training for root in _roots(encoder) for m in root.modules())
 
 
 def _roots(encoder: Any) -> list[nn.Module]:
+    """The modules to protect and check for ``encoder``: itself, or those behind a callable (none for ``None``)."""
     return [encoder] if isinstance(encoder, nn.Module) else modules_behind(encoder)
 
 
 def warn_without_modules(encoder: Any, who: str, warned: set[str]) -> None:
     """Warn when ``encoder`` is a callable behind which no module can be found (:func:`modules_behind`): its
     BatchNorm statistics cannot be left untouched then."""
-    if encoder is not None and not isinstance(encoder, nn.Module) and not modules_behind(encoder):
+    if "modules" not in warned and not isinstance(encoder, nn.Module) and encoder is not None \
+            and not modules_behind(encoder):  # once warned, no more searching on every call
         name = getattr(encoder, "__qualname__", type(encoder).__name__)
         warn_once(warned, "modules", f"{who}: no nn.Module found behind encoder={name} (not a module, a bound method "
                                      f"of one, a partial or a closure over one), so the running statistics of any "
