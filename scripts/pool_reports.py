@@ -11,7 +11,8 @@ are not in it; it copies the first report's views picture.
     python scripts/pool_reports.py docs/evidence/cifar10-cpu-10k/compare.json runs/compare-s34/compare.json \\
         --out runs/pooled
 
-Refused, in one line: reports whose settings, variants, calibration or epochs differ, or that share a seed.
+Refused, in one line: reports whose settings, variants, calibration (beyond float rounding: :data:`CALIBRATION_RTOL`)
+or epochs differ, or that share a seed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -34,6 +36,9 @@ from idaa_transforms.trainers.config import TrainConfig
 
 #: Settings that may differ between the pooled reports (where the runs went, how long a call could last).
 PER_CALL = ("out", "resume", "overwrite", "stop_after", "max_minutes", "no_progress", "seed")
+#: Relative tolerance on a calibration's measured figures (the pixel eps, the mean L2 and max L-inf perturbations):
+#: two machines' float rounding moved them by about 2e-6; a pooled report uses the first report's calibration.
+CALIBRATION_RTOL = 1e-4
 
 
 def pool(reports: list[dict[str, Any]], command: str
@@ -45,10 +50,12 @@ def pool(reports: list[dict[str, Any]], command: str
     """
     first = reports[0]
     for other in reports[1:]:
-        for key in ("epochs", "calibration"):
-            if other[key] != first[key]:
-                raise ValueError(f"the reports differ in their {key} ({first[key]} vs {other[key]}); only runs made "
-                                 f"with the same settings can be pooled.")
+        if other["epochs"] != first["epochs"]:
+            raise ValueError(f"the reports differ in their epochs ({first['epochs']} vs {other['epochs']}); only runs "
+                             f"made with the same settings can be pooled.")
+        if not _same_calibration(first["calibration"], other["calibration"]):
+            raise ValueError(f"the reports differ in their calibration ({first['calibration']} vs "
+                             f"{other['calibration']}); only runs made with the same settings can be pooled.")
         if _variants(other) != _variants(first):
             raise ValueError(f"the reports compare other variants ({_variants(first)} vs {_variants(other)}); pool "
                              f"calls made with the same --variants.")
@@ -92,6 +99,16 @@ def pool(reports: list[dict[str, Any]], command: str
         text = f"{head}\nEqual wall-clock time: not pooled, {not_pooled}\n\n## Runs\n{runs_table}"
         data["equal_time_not_pooled"] = not_pooled
     return text, data, runs, equal_time or {}, epochs
+
+
+def _same_calibration(first: dict[str, Any] | None, other: dict[str, Any] | None) -> bool:
+    """Whether two calibrations are the same one: equal settings, and measured figures equal within
+    :data:`CALIBRATION_RTOL` (the same calibration on two machines differs in the last digits of float rounding)."""
+    if first is None or other is None or set(first) != set(other):
+        return first == other
+    return all(math.isclose(a, b, rel_tol=CALIBRATION_RTOL)
+               if isinstance(a, float) and isinstance(b, float) else a == b
+               for a, b in ((first[k], other[k]) for k in first))
 
 
 def _shared_plan(reports: list[dict[str, Any]]) -> tuple[dict[str, int] | None, str | None]:

@@ -50,6 +50,9 @@ def test_pooled_calls_equal_one_call_with_all_their_seeds(tmp_path, capsys):
         return str(tmp_path / name)
 
     other_lr = variant_of(reports[1], "lr.json", lambda d: d["config"].update(lr=1e-3))
+    other_eps = variant_of(reports[1], "eps.json", lambda d: d["calibration"].update(
+        pixel_eps=d["calibration"]["pixel_eps"] * 1.01))
+    other_images = variant_of(reports[1], "images.json", lambda d: d["calibration"].update(images=17))
     no_lr = variant_of(reports[1], "no-lr.json", lambda d: d["config"].pop("lr"))
     no_idaa = variant_of(reports[1], "no-idaa.json", lambda d: d.update(
         runs=[r for r in d["runs"] if r["variant"] == "baseline"],
@@ -57,6 +60,8 @@ def test_pooled_calls_equal_one_call_with_all_their_seeds(tmp_path, capsys):
     capsys.readouterr()
     for argv, out, message in [([reports[0], reports[0]], "p1", "seed(s) [0] are in two reports"),
                                ([reports[0], other_lr], "p2", "made with other settings"),
+                               ([reports[0], other_eps], "p2", "differ in their calibration"),
+                               ([reports[0], other_images], "p2", "differ in their calibration"),
                                ([reports[0], no_lr], "p2", "'lr': (0.0003, None)"),
                                ([reports[0], no_idaa], "p2", "compare other variants (['baseline', 'idaa'] vs "
                                                              "['baseline'])"),
@@ -66,6 +71,22 @@ def test_pooled_calls_equal_one_call_with_all_their_seeds(tmp_path, capsys):
             pool_reports.main([*argv, "--out", str(tmp_path / out)])
         assert message in capsys.readouterr().err
     assert not (tmp_path / "p1").exists() and not (tmp_path / "p2").exists()
+
+
+def test_calibrations_equal_up_to_float_rounding_pool(tmp_path):
+    # The same calibration on two machines: its measured figures differ in the 6th-7th significant digit.
+    compare.main([*TINY, "--seeds", "0", "--out", str(tmp_path / "s0")])
+    compare.main([*TINY, "--seeds", "1", "--out", str(tmp_path / "s1")])
+    data = json.loads((tmp_path / "s1" / "compare.json").read_text())
+    calibration = data["calibration"]
+    data["calibration"] = {k: v * (1 + 2e-6) if isinstance(v, float) else v for k, v in calibration.items()}
+    (tmp_path / "s1-rounded.json").write_text(json.dumps(data))
+    pool_reports = load_script()
+    assert pool_reports.main([str(tmp_path / "s0" / "compare.json"), str(tmp_path / "s1-rounded.json"),
+                              "--out", str(tmp_path / "pooled")]) == 0
+    pooled = json.loads((tmp_path / "pooled" / "compare.json").read_text())
+    first = json.loads((tmp_path / "s0" / "compare.json").read_text())["calibration"]
+    assert pooled["seeds"] == [0, 1] and pooled["calibration"]["pixel_eps"] == first["pixel_eps"]
 
 
 def test_baseline_only_reports_pool_without_a_calibration(tmp_path):
