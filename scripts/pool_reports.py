@@ -11,6 +11,9 @@ are not in it; it copies the first report's views picture.
     python scripts/pool_reports.py docs/evidence/cifar10-cpu-10k/compare.json runs/compare-s34/compare.json \\
         --out runs/pooled
 
+Baselines trained longer by separate calls (``--variants baseline --epochs 14``) join with ``--longer-baselines``:
+every variant is then also compared with them, as the harness's ``--cost-ratios`` does.
+
 Refused, in one line: reports whose settings, variants, calibration (beyond float rounding: :data:`CALIBRATION_RTOL`)
 or epochs differ, or that share a seed.
 """
@@ -23,6 +26,7 @@ import json
 import math
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +45,22 @@ PER_CALL = ("out", "resume", "overwrite", "stop_after", "max_minutes", "no_progr
 CALIBRATION_RTOL = 1e-4
 
 
-def pool(reports: list[dict[str, Any]], command: str
+def pool(reports: list[dict[str, Any]], command: str, longer: Sequence[dict[str, Any]] = ()
          ) -> tuple[str, dict[str, Any], dict[str, list[RunRecord]], dict[str, list[RunRecord]], int]:
     """The pooled report (markdown and JSON), its equal-epoch and its equal-time runs by variant, and the epochs.
+
+    ``longer`` are baseline-only reports of the same settings trained for more epochs (``--variants baseline
+    --epochs 14``): their runs join the longer baselines of ``reports`` (``--cost-ratios``).
 
     Raises:
         ValueError: the reports cannot be pooled (other settings, calibration or epochs, or a seed in two of them).
     """
     first = reports[0]
+    for other in longer:
+        if _variants(other) != ["baseline"] or other["epochs"] <= first["epochs"]:
+            raise ValueError(f"--longer-baselines: expected reports of the baseline alone trained for more than "
+                             f"{first['epochs']} epochs, got {', '.join(_variants(other))} at {other['epochs']}.")
+        _check_settings(first, other, also=("epochs",))
     for other in reports[1:]:
         if other["epochs"] != first["epochs"]:
             raise ValueError(f"the reports differ in their epochs ({first['epochs']} vs {other['epochs']}); only runs "
@@ -59,11 +71,7 @@ def pool(reports: list[dict[str, Any]], command: str
         if _variants(other) != _variants(first):
             raise ValueError(f"the reports compare other variants ({_variants(first)} vs {_variants(other)}); pool "
                              f"calls made with the same --variants.")
-        names = (set(first["config"]) | set(other["config"])) - set(PER_CALL)
-        changed = {k: (first["config"].get(k), other["config"].get(k)) for k in sorted(names)
-                   if first["config"].get(k) != other["config"].get(k)}
-        if changed:
-            raise ValueError(f"the reports were made with other settings (name: (first, other)): {changed}.")
+        _check_settings(first, other)
     seeds: list[int] = []
     for report in reports:
         shared = sorted(set(seeds) & set(report["seeds"]))
@@ -75,12 +83,26 @@ def pool(reports: list[dict[str, Any]], command: str
                       for report in reports for row in report["runs"] if row["variant"] in variants),
                      key=lambda r: r.seed)
     runs = {v: [r for r in records if r.variant == v and r.epochs == epochs] for v in variants}
+    longer_runs: dict[int, list[RunRecord]] = {}
+    for record in sorted((RunRecord(**{**row, "curve": [CurvePoint(*p) for p in row["curve"]]})
+                          for report in longer for row in report["runs"]), key=lambda r: r.seed):
+        if record.variant == "baseline" and record.epochs > epochs:
+            longer_runs.setdefault(record.epochs, []).append(record)
+    for record in records:
+        if record.variant == "baseline" and record.epochs > epochs:
+            longer_runs.setdefault(record.epochs, []).append(record)
+    for baseline_epochs, found in longer_runs.items():
+        found.sort(key=lambda r: r.seed)
+        twice = sorted({r.seed for r in found if sum(o.seed == r.seed for o in found) > 1})
+        if twice:
+            raise ValueError(f"seed(s) {twice} of the baseline at {baseline_epochs} epochs are in two reports; pool "
+                             f"reports of distinct seeds.")
     plan, not_pooled = _shared_plan(reports)
     equal_time = None
     if plan:
         equal_time = {"baseline": runs["baseline"]}
         equal_time |= {v: [r for r in records if r.variant == v and r.epochs == e] for v, e in plan.items()}
-    calls = [call for report in reports for call in
+    calls = [call for report in [*reports, *longer] for call in
              [*report["context"]["earlier_calls"], {k: report["context"][k] for k in ("command", "date", "machine")}]]
     context = ReportContext(command=command,
                             date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -93,12 +115,21 @@ def pool(reports: list[dict[str, Any]], command: str
     calibration = None if first["calibration"] is None else Calibration.from_dict(first["calibration"])
     text, data = build_report(equal_epochs=runs, equal_time=equal_time, plan=plan, epochs=epochs,
                               seeds=sorted(seeds), calibration=calibration, base=base, context=context,
-                              anchors=anchors)
+                              anchors=anchors, longer_baselines=dict(sorted(longer_runs.items())))
     if not_pooled:
         head, runs_table = text.split("\n## Runs\n", 1)
         text = f"{head}\nEqual wall-clock time: not pooled, {not_pooled}\n\n## Runs\n{runs_table}"
         data["equal_time_not_pooled"] = not_pooled
     return text, data, runs, equal_time or {}, epochs
+
+
+def _check_settings(first: dict[str, Any], other: dict[str, Any], also: Sequence[str] = ()) -> None:
+    """Refuse a report made with settings other than ``first``'s (those of :data:`PER_CALL` and ``also`` aside)."""
+    names = (set(first["config"]) | set(other["config"])) - set(PER_CALL) - set(also)
+    changed = {k: (first["config"].get(k), other["config"].get(k)) for k in sorted(names)
+               if first["config"].get(k) != other["config"].get(k)}
+    if changed:
+        raise ValueError(f"the reports were made with other settings (name: (first, other)): {changed}.")
 
 
 def _same_calibration(first: dict[str, Any] | None, other: dict[str, Any] | None) -> bool:
@@ -133,10 +164,26 @@ def _variants(report: dict[str, Any]) -> list[str]:
     return [v for v in VARIANTS if v in named]
 
 
+def _read(path: Path) -> dict[str, Any]:
+    """A compare.json file of the harness, or a one-line error."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable compare.json ({err}).") from None
+    missing = [k for k in ("config", "calibration", "epochs", "seeds", "runs", "equal_epochs", "context", "anchors")
+               if not isinstance(report, dict) or k not in report]
+    if missing:
+        raise ValueError(f"{path}: not a compare.json of the comparison harness (no {', '.join(missing)}).")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _cli.ArgumentParser(prog="scripts/pool_reports.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("reports", nargs="+", type=Path, help="compare.json files of the calls to pool")
     parser.add_argument("--out", type=Path, required=True, help="folder of the pooled report.md, compare.json, PNG")
+    parser.add_argument("--longer-baselines", type=Path, nargs="+", default=[], metavar="REPORT",
+                        help="compare.json files of the baseline alone trained for more epochs, same settings "
+                             "(--variants baseline --epochs N): every variant is compared with them too")
     parser.add_argument("--overwrite", action="store_true", help="replace a pooled report already in --out")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
@@ -145,18 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("give at least two compare.json files to pool.")
         if (args.out / "report.md").exists() and not args.overwrite:
             raise ValueError(f"{args.out / 'report.md'} exists; pass --overwrite to replace it.")
-        reports = []
-        for path in args.reports:
-            try:
-                report = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise ValueError(f"{path}: not a readable compare.json ({err}).") from None
-            missing = [k for k in ("config", "calibration", "epochs", "seeds", "runs", "equal_epochs", "context",
-                                   "anchors") if not isinstance(report, dict) or k not in report]
-            if missing:
-                raise ValueError(f"{path}: not a compare.json of the comparison harness (no {', '.join(missing)}).")
-            reports.append(report)
-        text, data, runs, equal_time, epochs = pool(reports, "python scripts/pool_reports.py " + shlex.join(argv))
+        reports, longer = [_read(path) for path in args.reports], [_read(path) for path in args.longer_baselines]
+        text, data, runs, equal_time, epochs = pool(reports, "python scripts/pool_reports.py " + shlex.join(argv),
+                                                    longer)
     except ValueError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -132,3 +132,34 @@ def test_equal_time_runs_pool_when_every_report_planned_the_same_epochs(tmp_path
         assert paired(data) == paired(both)
         text = (out / "report.md").read_text()
         assert "Equal wall-clock time: not pooled, because" in text and "### Equal wall-clock time" not in text
+
+
+def test_longer_baselines_of_separate_calls_pool_with_the_comparison(tmp_path, capsys):
+    # One call with --cost-ratios 2, against three calls: seed 0, seed 1, and the baseline alone for 2 epochs.
+    both = compare.main([*TINY, "--seeds", "0", "1", "--cost-ratios", "2", "--out", str(tmp_path / "one")])
+    for seed in ("0", "1"):
+        compare.main([*TINY, "--seeds", seed, "--out", str(tmp_path / f"s{seed}")])
+    two_epochs = [*TINY[:TINY.index("--epochs")], *TINY[TINY.index("--epochs") + 2:], "--epochs", "2"]
+    compare.main([*two_epochs, "--variants", "baseline", "--seeds", "0", "1", "--out", str(tmp_path / "longer")])
+    pool_reports = load_script()
+    reports = [str(tmp_path / name / "compare.json") for name in ("s0", "s1")]
+    longer = str(tmp_path / "longer" / "compare.json")
+    assert pool_reports.main([*reports, "--longer-baselines", longer, "--out", str(tmp_path / "pooled")]) == 0
+    pooled = json.loads((tmp_path / "pooled" / "compare.json").read_text())
+
+    def against_longer(data):
+        return {(p["variant"], p["metric"], p["baseline_epochs"]): (p["seeds"], [round(d, 6) for d in p["differences"]])
+                for p in data["longer_baselines"]}
+
+    assert against_longer(pooled) == against_longer(both) and len(against_longer(both)) == 2
+    assert "### Against longer baselines" in (tmp_path / "pooled" / "report.md").read_text()
+    # The longer baselines must be the baseline alone, trained longer, with the same settings, each seed once.
+    capsys.readouterr()
+    for argv, message in [([*reports, "--longer-baselines", reports[0]],
+                           "expected reports of the baseline alone trained for more than 1 epochs"),
+                          ([*reports, "--longer-baselines", longer, longer],
+                           "seed(s) [0, 1] of the baseline at 2 epochs are in two reports")]:
+        with pytest.raises(SystemExit):
+            pool_reports.main([*argv, "--out", str(tmp_path / "refused")])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()

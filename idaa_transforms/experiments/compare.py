@@ -21,9 +21,13 @@ the baseline is always included):
 Each run is evaluated by kNN and a linear probe on frozen features. Because IDAA makes an epoch more expensive, every
 non-baseline variant is also trained at equal wall-clock time: an extra set of runs, with their own full schedule
 and ``E' = max(1, round(E * baseline_seconds_per_epoch / variant_seconds_per_epoch))`` epochs, same seeds
-(``--no-equal-time`` skips them). Paired differences against the baseline get a paired t-test and an exact sign-flip
-test (:mod:`~idaa_transforms.experiments.stats`). The baseline is shown beside sanity anchors
-(:mod:`~idaa_transforms.experiments.anchors`): a randomly initialised network and, on CIFAR-10, published figures.
+(``--no-equal-time`` skips them). Those epochs are rounded from this machine's timing; ``--cost-ratios R ...``
+asks the question for a given cost instead: the baseline is also trained for ``round(R * E)`` epochs, and every
+variant's ``E``-epoch runs are compared with it, which is equal time wherever a variant's epoch costs ``R`` baseline
+epochs (on a GPU, IDAA's step measured 1.2-1.5 times a plain one). Paired differences against the baseline get a
+paired t-test and an exact sign-flip test (:mod:`~idaa_transforms.experiments.stats`). The baseline is shown beside
+sanity anchors (:mod:`~idaa_transforms.experiments.anchors`): a randomly initialised network and, on CIFAR-10,
+published figures.
 
 Every trainer option is accepted (``--temperature``, ``--attack-steps``, ``--no-dual-bn``, ``--optimizer``...); the
 harness only sets its own defaults for a few (dataset, epochs, batch size, architecture).
@@ -59,7 +63,8 @@ from idaa_transforms.experiments.anchors import published_anchors, random_init_k
 from idaa_transforms.experiments.calibration import Calibration, calibrate, settings_of
 from idaa_transforms.experiments.plots import write_knn_plot, write_views_grid
 from idaa_transforms.experiments.report import Anchors, ReportContext, build_report, check_no_leak, describe_machine
-from idaa_transforms.experiments.schedule import VARIANTS, RunRecord, RunSpec, Scheduler, equal_time_epochs
+from idaa_transforms.experiments.schedule import (VARIANTS, RunRecord, RunSpec, Scheduler, equal_time_epochs,
+                                                  longer_baseline_epochs)
 from idaa_transforms.trainers.config import TRAIN_FIELDS, TrainConfig, add_train_arguments, config_from_args
 
 __all__ = ["HARNESS_DEFAULTS", "build_parser", "main"]
@@ -100,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--report-dir", default=None, help="folder of report.md, compare.json and the PNGs (default: --out)")
     g.add_argument("--no-equal-time", dest="equal_time", action="store_false",
                    help="skip the equal wall-clock time runs")
+    g.add_argument("--cost-ratios", type=_cli.positive_float, nargs="+", default=[], metavar="R",
+                   help="also train the baseline for round(R x epochs) epochs for each R and compare every variant "
+                        "with it: equal time where a variant's epoch costs R baseline epochs, whatever this "
+                        "machine's timing (e.g. 1.5 2 3)")
     g.add_argument("--max-minutes", type=_cli.positive_float, default=None, metavar="MINUTES",
                    help=_cli.MAX_MINUTES_HELP + "; after the limit no new run starts")
     g.add_argument("--resume", dest="resume_runs", action="store_true",
@@ -129,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error(f"--seeds: expected distinct seeds, got {args.seeds}.")
     if args.calibration_images < 2:
         parser.error("--calibration-images: expected at least 2.")
+    try:
+        longer = longer_baseline_epochs(args.epochs, args.cost_ratios)
+    except ValueError as err:
+        parser.error(str(err).replace("cost_ratios:", "--cost-ratios:", 1))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     arch = args.arch or ("resnet18" if device.startswith("cuda") else "small_cnn")
     chosen = {name for names in args.variants for name in names}
@@ -136,12 +149,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         base = config_from_args(args, arch=arch, device=device, out=args.out)
         with _files.removed_if_left_empty(args.out), _files.removed_if_left_empty(args.report_dir or args.out):
-            return _compare(args, argv, base, variants)
+            return _compare(args, argv, base, variants, longer)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         parser.exit(2, f"{parser.prog}: error: {_cli.named_by_flags(str(err), TRAIN_FIELDS)}\n")
 
 
-def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, variants: list[str]) -> dict[str, Any]:
+def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, variants: list[str],
+             longer: list[int]) -> dict[str, Any]:
     start = time.time()
     deadline = _cli.deadline_after(args.max_minutes, start)
     out, report_dir = Path(args.out), Path(args.report_dir or args.out)
@@ -156,7 +170,8 @@ def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, varia
     context = ReportContext(**call, data=check_no_leak(base.dataset, base.vae), earlier_calls=earlier)
     print(context.data, flush=True)
     scheduler = Scheduler(base, out, resume=args.resume_runs, deadline=deadline, whole_runs=args.whole_runs)
-    scheduler.check_finished([RunSpec(v, seed, args.epochs) for seed in args.seeds for v in variants])
+    scheduler.check_finished([*(RunSpec(v, seed, args.epochs) for seed in args.seeds for v in variants),
+                              *(RunSpec("baseline", seed, e) for seed in args.seeds for e in longer)])
     calibration = None  # IDAA's perturbation, measured (and the pixel FGSM matched) when a variant attacks
     if len(variants) > 1:
         calibration = _calibration(base, args.calibration_images, out, report_dir, "pixel_fgsm" in variants)
@@ -180,6 +195,8 @@ def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, varia
         text, data = build_report(equal_epochs=equal_epochs, equal_time=equal_time, plan=plan, epochs=args.epochs,
                                   seeds=args.seeds, calibration=calibration, base=base, context=context,
                                   anchors=anchors, not_started=scheduler.not_started,
+                                  longer_baselines={e: _runs(scheduler.records, "baseline", e, args.seeds)
+                                                    for e in longer},
                                   unfinished=scheduler.unfinished)
         _files.atomic_write_text(report_dir / "report.md", text)
         _files.atomic_write_json(report_dir / "compare.json", data)
@@ -197,6 +214,9 @@ def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, varia
     for seed in args.seeds:
         for variant in variants:
             run(RunSpec(variant, seed, args.epochs))
+    for seed in args.seeds:  # longer baselines: their accuracies do not depend on this machine's timing
+        for epochs in longer:
+            run(RunSpec("baseline", seed, epochs))
     if args.equal_time and scheduler.epoch_seconds("baseline"):
         baseline = statistics.median(scheduler.epoch_seconds("baseline"))
         plan = {v: equal_time_epochs(args.epochs, baseline, statistics.median(scheduler.epoch_seconds(v)))

@@ -183,6 +183,48 @@ def _rounding_caveats(plan: dict[str, int], equal_epochs: dict[str, list[RunReco
     return ["", *notes] if notes else []
 
 
+def _longer_baseline_lines(equal_epochs: dict[str, list[RunRecord]], longer: dict[int, list[RunRecord]],
+                           epochs: int) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """Markdown lines, sentences and JSON of every variant's ``epochs``-epoch runs against the baseline trained
+    longer: equal time at an assumed cost ratio, whatever this machine's timing."""
+    lines = ["", "### Against longer baselines: equal time at a given cost ratio", "",
+             f"Each variant's {epochs}-epoch runs against the baseline trained for more epochs, with a full "
+             f"schedule of its own: the comparison at equal wall-clock time on a device where the variant's epoch "
+             f"costs R = baseline epochs / {epochs} baseline epochs. Unlike the equal-time runs, it does not depend "
+             f"on the timing of the machine it ran on.", "",
+             "| R | baseline epochs | baseline kNN / linear (%) | comparison | seeds "
+             "| kNN: mean ± std (t p; sign-flip p) | linear: mean ± std (t p; sign-flip p) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    sentences: list[str] = []
+    data: list[dict[str, Any]] = []
+    for baseline_epochs, runs in sorted(longer.items()):
+        if not runs:
+            continue
+        ratio = baseline_epochs / epochs
+        baseline = {r.seed: r for r in runs}
+        accuracy = f"{_fmt([r.knn_acc for r in runs])} / {_fmt([r.linear_acc for r in runs])}"
+        for variant in VARIANTS[1:]:
+            mine = {r.seed: r for r in equal_epochs.get(variant, [])}
+            seeds = sorted(set(mine) & set(baseline))
+            if not seeds:
+                continue
+            label = f"{LABELS[variant]} ({epochs} epochs) - baseline ({baseline_epochs} epochs, R = {ratio:.2f})"
+            cells = []
+            for metric, key in (("kNN", "knn_acc"), ("linear", "linear_acc")):
+                c = paired_comparison([getattr(mine[s], key) for s in seeds],
+                                      [getattr(baseline[s], key) for s in seeds])
+                cells.append(f"{c.summary.mean:+.2f} ± {c.summary.std:.2f} ({_p_text(c.t_p_value)}; "
+                             f"{c.sign_flip_p_value:.3f})")
+                sentences.append(describe_difference(label, metric, c))
+                data.append({"variant": variant, "ratio": ratio, "baseline_epochs": baseline_epochs, "metric": key,
+                             "seeds": seeds, "differences": list(c.differences), "mean": c.summary.mean,
+                             "std": c.summary.std, "t_p_value": None if c.t_p_value != c.t_p_value else c.t_p_value,
+                             "sign_flip_p_value": c.sign_flip_p_value})
+            lines.append(f"| {ratio:.2f} | {baseline_epochs} | {accuracy} | {LABELS[variant]} - baseline | "
+                         f"{len(seeds)} | {cells[0]} | {cells[1]} |")
+    return (lines if data else []), sentences, data
+
+
 def _anchor_lines(anchors: Anchors, baseline: list[RunRecord], base: TrainConfig) -> list[str]:
     """The baseline beside a random network and the published figures."""
     if anchors.random_init_knn is None and not anchors.published:
@@ -254,6 +296,7 @@ def _header(base: TrainConfig, c: Calibration | None, context: ReportContext, ep
 def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[str, list[RunRecord]] | None,
                  plan: dict[str, int] | None, epochs: int, seeds: Sequence[int], calibration: Calibration | None,
                  base: TrainConfig, context: ReportContext, anchors: Anchors | None = None,
+                 longer_baselines: dict[int, list[RunRecord]] | None = None,
                  not_started: Sequence[str] = (), unfinished: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
     """The markdown report and its JSON twin, from finished runs only.
 
@@ -267,11 +310,15 @@ def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[s
         base: the settings every run shares.
         context: command, date, machine and data.
         anchors: the baseline's sanity anchors.
+        longer_baselines: the finished baseline runs trained for more than ``epochs`` epochs, by their epochs (in
+            seed order): each variant's equal-epoch runs are compared with them (equal time at a given cost ratio).
         not_started, unfinished: runs the time limit left out or stopped (resumable with ``--resume``).
     """
     anchors = anchors or Anchors()
     c = calibration
-    all_runs = [*{r.folder: r for runs in [*equal_epochs.values(), *(equal_time or {}).values()]
+    longer_baselines = longer_baselines or {}
+    all_runs = [*{r.folder: r for runs in [*equal_epochs.values(), *(equal_time or {}).values(),
+                                           *longer_baselines.values()]
                   for r in runs}.values()]
     with_fgsm = "pixel_fgsm" in equal_epochs
     lines = _header(base, c, context, epochs, seeds, list(equal_epochs))
@@ -285,6 +332,8 @@ def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[s
                                         "published": [dataclasses.asdict(a) for a in anchors.published]},
                             "runs": [dataclasses.asdict(r) for r in all_runs],
                             "not_started": list(not_started), "unfinished": list(unfinished)}
+    longer_lines, longer_sentences, data["longer_baselines"] = _longer_baseline_lines(equal_epochs,
+                                                                                      longer_baselines, epochs)
     time_sentences: list[str] = []
     if plan and equal_time is not None:
         baseline_sec = statistics.median(s for r in equal_epochs.get("baseline", []) for s in r.epoch_seconds)
@@ -306,8 +355,10 @@ def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[s
                               + ", ".join(LABELS[v] for v in VARIANTS if v in same)
                               + ") are the equal-epoch pairs above, not repeated here."]
             lines += _rounding_caveats(plan, equal_epochs)
-    lines += ["", "## What this does and does not show", "", _conclusion(sentences, time_sentences, seeds,
-                                                                         calibration, epochs, base, list(equal_epochs))]
+    lines += longer_lines
+    lines += ["", "## What this does and does not show", "",
+              _conclusion(sentences, time_sentences, longer_sentences, seeds, calibration, epochs, base,
+                          list(equal_epochs))]
     if not_started or unfinished:
         lines += ["", "Not finished when the time limit came (continue with the same command and `--resume`): "
                       + ", ".join([*unfinished, *(f"{name} (not started)" for name in not_started)]) + "."]
@@ -324,16 +375,20 @@ def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[s
     return "\n".join(lines) + "\n", data
 
 
-def _conclusion(sentences: list[str], time_sentences: list[str], seeds: Sequence[int],
+def _conclusion(sentences: list[str], time_sentences: list[str], longer_sentences: list[str], seeds: Sequence[int],
                 calibration: Calibration | None, epochs: int, base: TrainConfig, variants: Sequence[str]) -> str:
     """The plain paragraph: every paired result in words, then what the setup cannot show."""
     if not sentences:
         return "No paired comparison is available yet (the baseline or the variants have no finished runs)."
-    noise = sum("not distinguishable" in s or "single seed" in s for s in sentences + time_sentences)
-    total = len(sentences) + len(time_sentences)
+    every = sentences + time_sentences + longer_sentences
+    noise = sum("not distinguishable" in s or "single seed" in s for s in every)
+    total = len(every)
     parts = ["At equal epochs: " + " ".join(sentences)]
     if time_sentences:
         parts.append("At equal wall-clock time: " + " ".join(time_sentences))
+    if longer_sentences:
+        parts.append("Against longer baselines (equal time where a variant's epoch costs R baseline epochs): "
+                     + " ".join(longer_sentences))
     parts.append(f"{noise} of {total} paired differences are not distinguishable from seed noise.")
     smallest = 2 / 2 ** len(seeds)
     if smallest > SIGNIFICANCE:

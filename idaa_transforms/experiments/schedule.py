@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from idaa_transforms.trainers.config import TrainConfig, changed_settings
 from idaa_transforms.trainers.engine import RESULTS, RUN_FILES, TrainResult, read_run, train
 
 __all__ = ["VARIANTS", "LABELS", "RunSpec", "CurvePoint", "RunRecord", "variant_config", "equal_time_epochs",
-           "Scheduler"]
+           "longer_baseline_epochs", "Scheduler"]
 
 VARIANTS = ("baseline", "idaa", "eps0", "pixel_fgsm")
 LABELS = {"baseline": "baseline (two views)", "idaa": "IDAA", "eps0": "eps = 0 control",
@@ -118,6 +119,33 @@ def equal_time_epochs(epochs: int, baseline_sec_per_epoch: float, variant_sec_pe
         if not value > 0 or value == float("inf"):
             raise ValueError(f"{name}: expected a finite number of seconds > 0, got {value!r}.")
     return max(1, round(epochs * baseline_sec_per_epoch / variant_sec_per_epoch))
+
+
+def longer_baseline_epochs(epochs: int, ratios: Sequence[float]) -> list[int]:
+    """The baseline's epochs for each cost ratio ``R``: ``round(R * epochs)``, the time a variant's ``epochs`` epochs
+    take where its epoch costs ``R`` baseline epochs (in increasing order).
+
+    Example:
+        >>> longer_baseline_epochs(10, [2.0, 1.35])
+        [14, 20]
+
+    Raises:
+        ValueError: a ratio that is not above 1, or two ratios that round to the same epochs.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs: expected a positive int, got {epochs!r}.")
+    found: dict[int, float] = {}
+    for ratio in ratios:
+        longer = math.floor(ratio * epochs + 0.5) if math.isfinite(ratio) else 0
+        if not longer > epochs:
+            raise ValueError(f"cost_ratios: {ratio!r} gives the baseline {longer} epochs, not more than the variants' "
+                             f"{epochs}; give ratios above 1 (for {epochs} epochs at least "
+                             f"{(epochs + 0.5) / epochs:.2f}).")
+        if longer in found:
+            raise ValueError(f"cost_ratios: {found[longer]!r} and {ratio!r} both give the baseline {longer} epochs; "
+                             f"give one of them.")
+        found[longer] = ratio
+    return sorted(found)
 
 
 @dataclass

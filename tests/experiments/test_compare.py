@@ -35,6 +35,10 @@ def test_parser_takes_every_trainer_option_with_the_harness_defaults():
                                          (["--max-minutes", "0"], "--max-minutes: expected a finite number > 0"),
                                          (["--stop-after", "3"], "unrecognized arguments: --stop-after"),
                                          (["--seeds", "0", "0"], "expected distinct seeds"),
+                                         (["--cost-ratios", "1.02"], "--cost-ratios: 1.02 gives the baseline 10 "
+                                                                     "epochs"),
+                                         (["--cost-ratios", "1.5", "1.52"], "both give the baseline 15 epochs"),
+                                         (["--cost-ratios", "-2"], "--cost-ratios: expected a finite number > 0"),
                                          (["--seed", "0"], "unrecognized arguments: --seed")])
 def test_bad_arguments_are_one_line_errors(argv, match, capsys):
     with pytest.raises(SystemExit):
@@ -131,3 +135,25 @@ def test_baseline_alone_is_not_calibrated(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "calibrate", lambda *a, **k: pytest.fail("calibrated for the baseline alone"))
     data = compare.main([*TINY, "--seeds", "0", "--variants", "baseline", "--no-anchors", "--out", str(tmp_path)])
     assert data["calibration"] is None and not (tmp_path / "views_grid.png").exists()
+
+
+def test_cost_ratios_train_longer_baselines_and_compare_every_variant_with_them(tmp_path):
+    argv = [*TINY, "--seeds", "0", "1", "--variants", "baseline,idaa", "--no-equal-time", "--no-anchors",
+            "--cost-ratios", "2", "--out", str(tmp_path)]
+    data = compare.main(argv)
+    assert sorted((r["variant"], r["epochs"], r["seed"]) for r in data["runs"]) == [
+        ("baseline", 1, 0), ("baseline", 1, 1), ("baseline", 2, 0), ("baseline", 2, 1), ("idaa", 1, 0), ("idaa", 1, 1)]
+    runs = {(r["variant"], r["epochs"], r["seed"]): r for r in data["runs"]}
+    knn = next(p for p in data["longer_baselines"] if p["metric"] == "knn_acc")
+    assert (knn["variant"], knn["ratio"], knn["baseline_epochs"], knn["seeds"]) == ("idaa", 2.0, 2, [0, 1])
+    assert knn["differences"] == pytest.approx([runs["idaa", 1, s]["knn_acc"] - runs["baseline", 2, s]["knn_acc"]
+                                                for s in (0, 1)])
+    text = (tmp_path / "report.md").read_text()
+    assert "### Against longer baselines" in text and "| 2.00 | 2 |" in text
+    # The equal-epoch comparison is untouched by the longer baselines, and they are read back, not retrained.
+    paired = {(p["variant"], p["metric"]): p["differences"] for p in data["equal_epochs"]["paired"]}
+    assert paired["idaa", "knn_acc"] == pytest.approx([runs["idaa", 1, s]["knn_acc"] - runs["baseline", 1, s]["knn_acc"]
+                                                       for s in (0, 1)])
+    again = compare.main(argv)
+    assert again["longer_baselines"] == data["longer_baselines"]
+    assert all(r["wall_seconds"] is None for r in again["runs"])  # None: read back, not trained

@@ -163,3 +163,30 @@ def test_equal_time_epochs_split_by_rounding_are_flagged():
     text, _ = build_report(equal_epochs=far, equal_time={**far, **shorter}, plan={"idaa": 1, "eps0": 2}, epochs=2,
                            seeds=[0, 1, 2], calibration=CALIBRATION, base=TrainConfig(), context=CONTEXT)
     assert "by rounding" not in text
+
+
+def test_longer_baselines_are_compared_with_every_variant_at_their_cost_ratio():
+    runs = _two_variant_runs()
+    longer = {3: [record("baseline", s, 81.0 + s, 85.5 + s, epochs=3) for s in range(3)],
+              4: [record("baseline", s, 82.0 + s, 86.5 + s, epochs=4) for s in range(2)]}
+    text, data = build_report(equal_epochs=runs, equal_time=None, plan=None, epochs=2, seeds=[0, 1, 2],
+                              calibration=CALIBRATION, base=TrainConfig(), context=CONTEXT, longer_baselines=longer)
+    assert "### Against longer baselines: equal time at a given cost ratio" in text
+    # IDAA 81.5 + s against the 3-epoch baseline 81.0 + s: +0.5 in each of 3 seeds (R = 3 / 2)
+    assert "| 1.50 | 3 | 82.0 ± 1.0 / 86.5 ± 1.0 | IDAA - baseline | 3 | +0.50 ± 0.00 (undefined; 0.250) |" in text
+    assert "| 2.00 | 4 | 82.5 ± 0.7 / 87.0 ± 0.7 | eps = 0 control - baseline | 2 | -1.50 ± 0.00" in text
+    assert "IDAA (2 epochs) - baseline (4 epochs, R = 2.00), kNN: -0.50 points in each of 2 seeds" in text
+    assert "Against longer baselines (equal time where a variant's epoch costs R baseline epochs): " in text
+    assert "of 14 paired differences" in text  # 6 at equal epochs + 2 variants x 2 ratios x 2 metrics
+    entry = next(p for p in data["longer_baselines"] if p["ratio"] == 1.5 and p["variant"] == "idaa"
+                 and p["metric"] == "knn_acc")
+    assert entry["baseline_epochs"] == 3 and entry["seeds"] == [0, 1, 2] and entry["differences"] == [0.5] * 3
+    assert "| baseline | 1 | 3 | 4 |" not in text and "baseline-e4-s1" in text  # the runs table lists them
+    assert len(data["runs"]) == 9 + 5
+
+
+def test_no_longer_baselines_no_section():
+    text, data = build_report(equal_epochs=_two_variant_runs(), equal_time=None, plan=None, epochs=2, seeds=[0, 1, 2],
+                              calibration=CALIBRATION, base=TrainConfig(), context=CONTEXT,
+                              longer_baselines={3: []})
+    assert "Against longer baselines" not in text and data["longer_baselines"] == []

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import TINY_RUN
 from idaa_transforms.experiments.schedule import (VARIANTS, RunSpec, Scheduler, equal_time_epochs,
-                                                  variant_config)
+                                                  longer_baseline_epochs, variant_config)
 from idaa_transforms.trainers.config import TrainConfig
 
 
@@ -100,3 +100,20 @@ def test_whole_runs_starts_only_what_its_variant_says_will_finish(tmp_path):
     assert later.run(RunSpec("baseline", 1, 100_000)) is None and later.not_started == ["baseline-e100000-s1"]
     assert not (tmp_path / "baseline-e100000-s1").exists()  # nothing was started that would be lost
     assert later.run(RunSpec("idaa", 1, 1)) is not None  # no estimate for its variant: started
+
+
+def test_longer_baseline_epochs_round_each_ratio_and_sort_them():
+    assert longer_baseline_epochs(10, [2.0, 1.35, 1.2]) == [12, 14, 20]
+    assert longer_baseline_epochs(10, [1.25]) == [13]  # halves round up, not to even
+    assert longer_baseline_epochs(10, []) == []
+
+
+@pytest.mark.parametrize("epochs, ratios, match", [(10, [1.0], "not more than the variants' 10"),
+                                                   (10, [1.04], "at least 1.05"),
+                                                   (10, [0.5], "give ratios above 1"),
+                                                   (10, [float("nan")], "give ratios above 1"),
+                                                   (10, [1.4, 1.36], "both give the baseline 14 epochs"),
+                                                   (0, [2.0], "epochs: expected a positive int")])
+def test_longer_baseline_epochs_refuse_ratios_that_add_no_epoch(epochs, ratios, match):
+    with pytest.raises(ValueError, match=match):
+        longer_baseline_epochs(epochs, ratios)
