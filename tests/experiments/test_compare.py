@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
 
 import pytest
@@ -137,7 +138,7 @@ def test_baseline_alone_is_not_calibrated(tmp_path, monkeypatch):
     assert data["calibration"] is None and not (tmp_path / "views_grid.png").exists()
 
 
-def test_cost_ratios_train_longer_baselines_and_compare_every_variant_with_them(tmp_path):
+def test_cost_ratios_train_longer_baselines_and_compare_every_variant_with_them(tmp_path, monkeypatch):
     argv = [*TINY, "--seeds", "0", "1", "--variants", "baseline,idaa", "--no-equal-time", "--no-anchors",
             "--cost-ratios", "2", "--out", str(tmp_path)]
     data = compare.main(argv)
@@ -157,3 +158,9 @@ def test_cost_ratios_train_longer_baselines_and_compare_every_variant_with_them(
     again = compare.main(argv)
     assert again["longer_baselines"] == data["longer_baselines"]
     assert all(r["wall_seconds"] is None for r in again["runs"])  # None: read back, not trained
+    # Equal time is planned from the equal-epoch runs' seconds, not from the longer baselines'.
+    seen = []
+    monkeypatch.setattr(compare, "equal_time_epochs", lambda epochs, b, v: seen.append(b) or 1)
+    compare.main([a for a in argv if a != "--no-equal-time"])
+    per_epoch = [r["curve"][0][2] for r in data["runs"] if r["variant"] == "baseline" and r["epochs"] == 1]
+    assert seen == [pytest.approx(statistics.median(per_epoch))]
