@@ -79,20 +79,14 @@ def pool(reports: list[dict[str, Any]], command: str, longer: Sequence[dict[str,
             raise ValueError(f"seed(s) {shared} are in two reports; pool reports of distinct seeds.")
         seeds += report["seeds"]
     epochs, variants = first["epochs"], _variants(first)
-    records = sorted((RunRecord(**{**row, "curve": [CurvePoint(*p) for p in row["curve"]]})
-                      for report in reports for row in report["runs"] if row["variant"] in variants),
+    records = sorted((_record(row) for report in reports for row in report["runs"] if row["variant"] in variants),
                      key=lambda r: r.seed)
     runs = {v: [r for r in records if r.variant == v and r.epochs == epochs] for v in variants}
-    longer_runs: dict[int, list[RunRecord]] = {}
-    for record in sorted((RunRecord(**{**row, "curve": [CurvePoint(*p) for p in row["curve"]]})
-                          for report in longer for row in report["runs"]), key=lambda r: r.seed):
-        if record.variant == "baseline" and record.epochs > epochs:
-            longer_runs.setdefault(record.epochs, []).append(record)
-    for record in records:
-        if record.variant == "baseline" and record.epochs > epochs:
-            longer_runs.setdefault(record.epochs, []).append(record)
+    longer_runs: dict[int, list[RunRecord]] = {}  # the baseline's runs trained longer, by their epochs
+    for record in sorted((_record(row) for report in [*reports, *longer] for row in report["runs"]
+                          if row["variant"] == "baseline" and row["epochs"] > epochs), key=lambda r: r.seed):
+        longer_runs.setdefault(record.epochs, []).append(record)
     for baseline_epochs, found in longer_runs.items():
-        found.sort(key=lambda r: r.seed)
         twice = sorted({r.seed for r in found if sum(o.seed == r.seed for o in found) > 1})
         if twice:
             raise ValueError(f"seed(s) {twice} of the baseline at {baseline_epochs} epochs are in two reports; pool "
@@ -121,6 +115,11 @@ def pool(reports: list[dict[str, Any]], command: str, longer: Sequence[dict[str,
         text = f"{head}\nEqual wall-clock time: not pooled, {not_pooled}\n\n## Runs\n{runs_table}"
         data["equal_time_not_pooled"] = not_pooled
     return text, data, runs, equal_time or {}, epochs
+
+
+def _record(row: dict[str, Any]) -> RunRecord:
+    """A run of a compare.json file."""
+    return RunRecord(**{**row, "curve": [CurvePoint(*point) for point in row["curve"]]})
 
 
 def _check_settings(first: dict[str, Any], other: dict[str, Any], also: Sequence[str] = ()) -> None:
