@@ -14,8 +14,8 @@ are not in it; it copies the first report's views picture.
 Baselines trained longer by separate calls (``--variants baseline --epochs 14``) join with ``--longer-baselines``:
 every variant is then also compared with them, as the harness's ``--cost-ratios`` does.
 
-Refused, in one line: reports whose settings, variants, calibration (beyond float rounding: :data:`CALIBRATION_RTOL`)
-or epochs differ, or that share a seed.
+Refused, in one line: reports whose settings, variants, calibration (beyond float rounding: :data:`CALIBRATION_RTOL`,
+:data:`CALIBRATION_ATOL`) or epochs differ, that share a seed, or longer baselines of seeds no report has.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ PER_CALL = ("out", "resume", "overwrite", "stop_after", "max_minutes", "no_progr
 #: Relative tolerance on a calibration's measured figures (the pixel eps, the mean L2 and max L-inf perturbations):
 #: two machines' float rounding moved them by about 2e-6; a pooled report uses the first report's calibration.
 CALIBRATION_RTOL = 1e-4
+#: Absolute tolerance beside it, for figures that are rounding noise themselves (the eps = 0 control's L2, ~1e-8).
+CALIBRATION_ATOL = 1e-6
 
 
 def pool(reports: list[dict[str, Any]], command: str, longer: Sequence[dict[str, Any]] = ()
@@ -60,7 +62,10 @@ def pool(reports: list[dict[str, Any]], command: str, longer: Sequence[dict[str,
         if _variants(other) != ["baseline"] or other["epochs"] <= first["epochs"]:
             raise ValueError(f"--longer-baselines: expected reports of the baseline alone trained for more than "
                              f"{first['epochs']} epochs, got {', '.join(_variants(other))} at {other['epochs']}.")
-        _check_settings(first, other, also=("epochs",))
+        try:
+            _check_settings(first, other, also=("epochs",))
+        except ValueError as err:
+            raise ValueError(f"--longer-baselines: {err}") from None
     for other in reports[1:]:
         if other["epochs"] != first["epochs"]:
             raise ValueError(f"the reports differ in their epochs ({first['epochs']} vs {other['epochs']}); only runs "
@@ -91,6 +96,11 @@ def pool(reports: list[dict[str, Any]], command: str, longer: Sequence[dict[str,
         if twice:
             raise ValueError(f"seed(s) {twice} of the baseline at {baseline_epochs} epochs are in two reports; pool "
                              f"reports of distinct seeds.")
+        unpaired = sorted({r.seed for r in found} - set(seeds))
+        if unpaired:
+            raise ValueError(f"--longer-baselines: seed(s) {unpaired} of the baseline at {baseline_epochs} epochs "
+                             f"are in none of the reports pooled (seeds {sorted(seeds)}), so nothing pairs with "
+                             f"them; pool the reports of those seeds too, or leave those runs out.")
     plan, not_pooled = _shared_plan(reports)
     equal_time = None
     if plan:
@@ -133,10 +143,11 @@ def _check_settings(first: dict[str, Any], other: dict[str, Any], also: Sequence
 
 def _same_calibration(first: dict[str, Any] | None, other: dict[str, Any] | None) -> bool:
     """Whether two calibrations are the same one: equal settings, and measured figures equal within
-    :data:`CALIBRATION_RTOL` (the same calibration on two machines differs in the last digits of float rounding)."""
+    :data:`CALIBRATION_RTOL` or :data:`CALIBRATION_ATOL` (the same calibration on two machines differs in the last
+    digits of float rounding)."""
     if first is None or other is None or set(first) != set(other):
         return first == other
-    return all(math.isclose(a, b, rel_tol=CALIBRATION_RTOL)
+    return all(math.isclose(a, b, rel_tol=CALIBRATION_RTOL, abs_tol=CALIBRATION_ATOL)
                if isinstance(a, float) and isinstance(b, float) else a == b
                for a, b in ((first[k], other[k]) for k in first))
 
@@ -187,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     try:
-        if len(args.reports) < 2:
-            raise ValueError("give at least two compare.json files to pool.")
+        if len(args.reports) < 2 and not args.longer_baselines:
+            raise ValueError("give at least two compare.json files to pool, or one with --longer-baselines.")
         if (args.out / "report.md").exists() and not args.overwrite:
             raise ValueError(f"{args.out / 'report.md'} exists; pass --overwrite to replace it.")
         reports, longer = [_read(path) for path in args.reports], [_read(path) for path in args.longer_baselines]

@@ -80,6 +80,7 @@ def test_calibrations_equal_up_to_float_rounding_pool(tmp_path):
     data = json.loads((tmp_path / "s1" / "compare.json").read_text())
     calibration = data["calibration"]
     data["calibration"] = {k: v * (1 + 2e-6) if isinstance(v, float) else v for k, v in calibration.items()}
+    data["calibration"]["eps0_l2"] = calibration["eps0_l2"] + 1e-8  # a figure that is rounding noise itself
     (tmp_path / "s1-rounded.json").write_text(json.dumps(data))
     pool_reports = load_script()
     assert pool_reports.main([str(tmp_path / "s0" / "compare.json"), str(tmp_path / "s1-rounded.json"),
@@ -153,12 +154,27 @@ def test_longer_baselines_of_separate_calls_pool_with_the_comparison(tmp_path, c
         assert entry["differences"] == pytest.approx([runs["idaa", 1, s][metric] - runs["baseline", 2, s][metric]
                                                       for s in (0, 1)])
     assert "### Against longer baselines" in (tmp_path / "pooled" / "report.md").read_text()
-    # The longer baselines must be the baseline alone, trained longer, with the same settings, each seed once.
+    # One comparison and the longer baselines of its seeds: the workflow of two calls.
+    data = json.loads(Path(longer).read_text())
+    (tmp_path / "longer-s0.json").write_text(json.dumps({**data, "seeds": [0],
+                                                         "runs": [r for r in data["runs"] if r["seed"] == 0]}))
+    (tmp_path / "longer-lr.json").write_text(json.dumps({**data, "config": {**data["config"], "lr": 1e-3}}))
+    assert pool_reports.main([reports[0], "--longer-baselines", str(tmp_path / "longer-s0.json"),
+                              "--out", str(tmp_path / "one")]) == 0
+    assert [p["seeds"] for p in json.loads((tmp_path / "one" / "compare.json").read_text())["longer_baselines"]] == \
+        [[0], [0]]
+    # The longer baselines must be the baseline alone, trained longer, with the same settings, each seed once and
+    # paired with a seed of the reports.
     capsys.readouterr()
     for argv, message in [([*reports, "--longer-baselines", reports[0]],
                            "expected reports of the baseline alone trained for more than 1 epochs"),
                           ([*reports, "--longer-baselines", longer, longer],
-                           "seed(s) [0, 1] of the baseline at 2 epochs are in two reports")]:
+                           "seed(s) [0, 1] of the baseline at 2 epochs are in two reports"),
+                          ([reports[0], "--longer-baselines", longer],
+                           "seed(s) [1] of the baseline at 2 epochs are in none of the reports pooled (seeds [0])"),
+                          ([*reports, "--longer-baselines", str(tmp_path / "longer-lr.json")],
+                           "--longer-baselines: the reports were made with other settings"),
+                          ([reports[0]], "give at least two compare.json files to pool, or one with --longer")]:
         with pytest.raises(SystemExit):
             pool_reports.main([*argv, "--out", str(tmp_path / "refused")])
         assert message in capsys.readouterr().err

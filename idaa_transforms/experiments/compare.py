@@ -22,7 +22,7 @@ Each run is evaluated by kNN and a linear probe on frozen features. Because IDAA
 non-baseline variant is also trained at equal wall-clock time: an extra set of runs, with their own full schedule
 and ``E' = max(1, round(E * baseline_seconds_per_epoch / variant_seconds_per_epoch))`` epochs, same seeds
 (``--no-equal-time`` skips them). Those epochs are rounded from this machine's timing; ``--cost-ratios R ...``
-asks the question for a given cost instead: the baseline is also trained for ``round(R * E)`` epochs, and every
+asks the question for a given cost instead: the baseline is also trained for ``R * E`` epochs (rounded), and every
 variant's ``E``-epoch runs are compared with it, which is equal time wherever a variant's epoch costs ``R`` baseline
 epochs (on a GPU, IDAA's step measured 1.2-1.5 times a plain one). Paired differences against the baseline get a
 paired t-test and an exact sign-flip test (:mod:`~idaa_transforms.experiments.stats`). The baseline is shown beside
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-equal-time", dest="equal_time", action="store_false",
                    help="skip the equal wall-clock time runs")
     g.add_argument("--cost-ratios", type=_cli.positive_float, nargs="+", default=[], metavar="R",
-                   help="also train the baseline for round(R x epochs) epochs for each R and compare every variant "
+                   help="also train the baseline for R x epochs (rounded) for each R and compare every variant "
                         "with it: equal time where a variant's epoch costs R baseline epochs, whatever this "
                         "machine's timing (e.g. 1.5 2 3)")
     g.add_argument("--max-minutes", type=_cli.positive_float, default=None, metavar="MINUTES",
@@ -146,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     arch = args.arch or ("resnet18" if device.startswith("cuda") else "small_cnn")
     chosen = {name for names in args.variants for name in names}
     variants = ["baseline"] + [v for v in VARIANTS[1:] if v in chosen]
+    if longer and len(variants) == 1:
+        parser.error("--cost-ratios: compares variants with longer baselines, and --variants names the baseline alone; "
+                     "add a variant, or train the longer baseline alone with --epochs (scripts/pool_reports.py "
+                     "--longer-baselines joins it to a comparison).")
     try:
         base = config_from_args(args, arch=arch, device=device, out=args.out)
         with _files.removed_if_left_empty(args.out), _files.removed_if_left_empty(args.report_dir or args.out):

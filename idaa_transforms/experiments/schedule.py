@@ -27,7 +27,7 @@ from idaa_transforms.trainers.config import TrainConfig, changed_settings
 from idaa_transforms.trainers.engine import RESULTS, RUN_FILES, TrainResult, read_run, train
 
 __all__ = ["VARIANTS", "LABELS", "RunSpec", "CurvePoint", "RunRecord", "variant_config", "equal_time_epochs",
-           "longer_baseline_epochs", "Scheduler"]
+           "MAX_COST_RATIO", "longer_baseline_epochs", "Scheduler"]
 
 VARIANTS = ("baseline", "idaa", "eps0", "pixel_fgsm")
 LABELS = {"baseline": "baseline (two views)", "idaa": "IDAA", "eps0": "eps = 0 control",
@@ -121,26 +121,33 @@ def equal_time_epochs(epochs: int, baseline_sec_per_epoch: float, variant_sec_pe
     return max(1, round(epochs * baseline_sec_per_epoch / variant_sec_per_epoch))
 
 
+#: The largest cost ratio a longer baseline is trained for: no variant costs a hundred baseline epochs per epoch.
+MAX_COST_RATIO = 100.0
+
+
 def longer_baseline_epochs(epochs: int, ratios: Sequence[float]) -> list[int]:
-    """The baseline's epochs for each cost ratio ``R``: ``round(R * epochs)``, the time a variant's ``epochs`` epochs
-    take where its epoch costs ``R`` baseline epochs (in increasing order).
+    """The baseline's epochs for each cost ratio ``R``: ``R * epochs`` rounded (halves up), the time a variant's
+    ``epochs`` epochs take where its epoch costs ``R`` baseline epochs (in increasing order).
 
     Example:
-        >>> longer_baseline_epochs(10, [2.0, 1.35])
-        [14, 20]
+        >>> longer_baseline_epochs(10, [2.0, 1.35, 1.25])
+        [13, 14, 20]
 
     Raises:
-        ValueError: a ratio that is not above 1, or two ratios that round to the same epochs.
+        ValueError: a ratio that gives no more epochs than ``epochs``, one above :data:`MAX_COST_RATIO`, or two
+            ratios that round to the same epochs.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs: expected a positive int, got {epochs!r}.")
     found: dict[int, float] = {}
+    smallest = math.ceil(100 * (epochs + 0.5) / epochs) / 100  # two decimals, rounded up: it gives one epoch more
     for ratio in ratios:
-        longer = math.floor(ratio * epochs + 0.5) if math.isfinite(ratio) else 0
+        if not ratio <= MAX_COST_RATIO:  # NaN too
+            raise ValueError(f"cost_ratios: expected ratios of at most {MAX_COST_RATIO:g}, got {ratio!r}.")
+        longer = math.floor(ratio * epochs + 0.5)
         if not longer > epochs:
             raise ValueError(f"cost_ratios: {ratio!r} gives the baseline {longer} epochs, not more than the variants' "
-                             f"{epochs}; give ratios above 1 (for {epochs} epochs at least "
-                             f"{(epochs + 0.5) / epochs:.2f}).")
+                             f"{epochs}; give ratios of at least {smallest:.2f} for {epochs} epochs.")
         if longer in found:
             raise ValueError(f"cost_ratios: {found[longer]!r} and {ratio!r} both give the baseline {longer} epochs; "
                              f"give one of them.")

@@ -40,6 +40,9 @@ def test_parser_takes_every_trainer_option_with_the_harness_defaults():
                                                                      "epochs"),
                                          (["--cost-ratios", "1.5", "1.52"], "both give the baseline 15 epochs"),
                                          (["--cost-ratios", "-2"], "--cost-ratios: expected a finite number > 0"),
+                                         (["--cost-ratios", "1e308"], "--cost-ratios: expected ratios of at most 100"),
+                                         (["--variants", "baseline", "--cost-ratios", "2"],
+                                          "--variants names the baseline alone"),
                                          (["--seed", "0"], "unrecognized arguments: --seed")])
 def test_bad_arguments_are_one_line_errors(argv, match, capsys):
     with pytest.raises(SystemExit):

@@ -190,3 +190,16 @@ def test_no_longer_baselines_no_section():
                               calibration=CALIBRATION, base=TrainConfig(), context=CONTEXT,
                               longer_baselines={3: []})
     assert "Against longer baselines" not in text and data["longer_baselines"] == []
+
+
+def test_longer_baseline_rows_use_the_paired_seeds_only_and_one_seed_has_no_spread():
+    runs = {"baseline": [record("baseline", s, 80.0, 85.0) for s in range(3)],
+            "idaa": [record("idaa", s, 81.0, 86.0) for s in range(2)],  # seeds 0-1
+            "eps0": [record("eps0", 0, 81.0, 86.0)]}  # seed 0 alone
+    longer = {4: [record("baseline", s, 70.0 + 10 * s, 75.0, epochs=4) for s in range(3)]}  # 70, 80, 90
+    text, data = build_report(equal_epochs=runs, equal_time=None, plan=None, epochs=2, seeds=[0, 1, 2],
+                              calibration=CALIBRATION, base=TrainConfig(), context=CONTEXT, longer_baselines=longer)
+    assert "| 2.00 | 4 | 75.0 ± 7.1 / 75.0 ± 0.0 | IDAA - baseline | 2 | +6.00 ± 7.07 " in text  # not 80.0 ± 10.0
+    assert "| 2.00 | 4 | 70.0 (1 seed) / 75.0 (1 seed) | eps = 0 control - baseline | 1 | +11.00 (undefined; " in text
+    single = next(p for p in data["longer_baselines"] if p["variant"] == "eps0")
+    assert single["std"] is None and single["t_p_value"] is None

@@ -105,13 +105,17 @@ def test_whole_runs_starts_only_what_its_variant_says_will_finish(tmp_path):
 def test_longer_baseline_epochs_round_each_ratio_and_sort_them():
     assert longer_baseline_epochs(10, [2.0, 1.35, 1.2]) == [12, 14, 20]
     assert longer_baseline_epochs(10, [1.25]) == [13]  # halves round up, not to even
-    assert longer_baseline_epochs(10, []) == []
+    assert longer_baseline_epochs(6, [1.09]) == [7]  # the smallest ratio the error below suggests for 6 epochs
+    assert longer_baseline_epochs(10, [100]) == [1000] and longer_baseline_epochs(10, []) == []
 
 
 @pytest.mark.parametrize("epochs, ratios, match", [(10, [1.0], "not more than the variants' 10"),
-                                                   (10, [1.04], "at least 1.05"),
-                                                   (10, [0.5], "give ratios above 1"),
-                                                   (10, [float("nan")], "give ratios above 1"),
+                                                   (10, [1.04], "at least 1.05 for 10 epochs"),
+                                                   (6, [1.08], "at least 1.09 for 6 epochs"),
+                                                   (10, [0.5], "gives the baseline 5 epochs"),
+                                                   (10, [float("nan")], "at most 100"),
+                                                   (10, [1e308], "at most 100"),
+                                                   (10, [float("inf")], "at most 100"),
                                                    (10, [1.4, 1.36], "both give the baseline 14 epochs"),
                                                    (0, [2.0], "epochs: expected a positive int")])
 def test_longer_baseline_epochs_refuse_ratios_that_add_no_epoch(epochs, ratios, match):
