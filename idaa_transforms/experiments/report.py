@@ -210,7 +210,8 @@ def _longer_baseline_lines(equal_epochs: dict[str, list[RunRecord]], longer: dic
             paired = [baseline[s] for s in seeds]
             cells = [f"{_fmt([r.knn_acc for r in paired])} / {_fmt([r.linear_acc for r in paired])}"]
             for metric, key in (("kNN", "knn_acc"), ("linear", "linear_acc")):
-                c = paired_comparison([getattr(mine[s], key) for s in seeds], [getattr(baseline[s], key) for s in seeds])
+                c = paired_comparison([getattr(mine[s], key) for s in seeds],
+                                      [getattr(baseline[s], key) for s in seeds])
                 spread = f" ± {c.summary.std:.2f}" if c.summary.n > 1 else ""
                 cells.append(f"{c.summary.mean:+.2f}{spread} ({_p_text(c.t_p_value)}; {c.sign_flip_p_value:.3f})")
                 sentences.append(describe_difference(label, metric, c))
