@@ -118,7 +118,9 @@ def test_equal_time_runs_pool_when_every_report_planned_the_same_epochs(tmp_path
                   for p in pooled["equal_time"]["paired"]}
     assert equal_time == {(p["variant"], p["against"], p["metric"]): [round(d, 6) for d in p["differences"]]
                           for p in both["equal_time"]["paired"]} and len(equal_time) == 2
-    assert "### Equal wall-clock time" in (tmp_path / "pooled" / "report.md").read_text()
+    text = (tmp_path / "pooled" / "report.md").read_text()
+    assert "### Equal wall-clock time" in text and "every pooled call planned the same E'" in text
+    assert "IDAA 1. The seconds per epoch in the tables are medians over the pooled runs" in text
     # Plans that differ, or a report without equal-time runs: the equal-epoch runs only, and the report says why.
     for name, plan, reason in [("other-plan.json", {"idaa": 2}, "planned different equal-time epochs E' (IDAA 1; "
                                                                 "IDAA 2)"),
