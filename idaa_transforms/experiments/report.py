@@ -122,6 +122,14 @@ def _p_text(p: float) -> str:
     return "undefined" if p != p else f"{p:.3f}"
 
 
+def _paired_json(c: PairedComparison) -> dict[str, Any]:
+    """A paired comparison for compare.json: ``None`` where a figure is undefined (one seed, no spread), never NaN."""
+    return {"differences": list(c.differences), "mean": c.summary.mean,
+            "std": c.summary.std if c.summary.n > 1 else None,
+            "t_p_value": None if c.t_p_value != c.t_p_value else c.t_p_value,
+            "sign_flip_p_value": c.sign_flip_p_value}
+
+
 def _section(pick: dict[str, list[RunRecord]], title: str,
              skip: Collection[str] = ()) -> tuple[list[str], list[str], dict[str, Any]]:
     """Markdown lines, sentences and JSON of one comparison (equal epochs or equal time); the pairs whose two
@@ -157,10 +165,7 @@ def _section(pick: dict[str, list[RunRecord]], title: str,
             table.append(f"| {label} | {metric} | {c.summary.mean:+.2f} ± {c.summary.std:.2f} | {per_seed} | "
                          f"{_p_text(c.t_p_value)} | {c.sign_flip_p_value:.3f} |")
             sentences.append(describe_difference(label, metric, c))
-            data["paired"].append({"variant": a, "against": b, "metric": key, "seeds": seeds,
-                                   "differences": list(c.differences), "mean": c.summary.mean, "std": c.summary.std,
-                                   "t_p_value": None if c.t_p_value != c.t_p_value else c.t_p_value,  # JSON: no NaN
-                                   "sign_flip_p_value": c.sign_flip_p_value})
+            data["paired"].append({"variant": a, "against": b, "metric": key, "seeds": seeds, **_paired_json(c)})
     return lines + (table if len(table) > 5 else []), sentences, data
 
 
@@ -216,10 +221,7 @@ def _longer_baseline_lines(equal_epochs: dict[str, list[RunRecord]], longer: dic
                 cells.append(f"{c.summary.mean:+.2f}{spread} ({_p_text(c.t_p_value)}; {c.sign_flip_p_value:.3f})")
                 sentences.append(describe_difference(label, metric, c))
                 data.append({"variant": variant, "ratio": ratio, "baseline_epochs": baseline_epochs, "metric": key,
-                             "seeds": seeds, "differences": list(c.differences), "mean": c.summary.mean,
-                             "std": c.summary.std if c.summary.n > 1 else None,  # JSON: no NaN
-                             "t_p_value": None if c.t_p_value != c.t_p_value else c.t_p_value,
-                             "sign_flip_p_value": c.sign_flip_p_value})
+                             "seeds": seeds, **_paired_json(c)})
             lines.append(f"| {ratio:.2f} | {baseline_epochs} | {cells[0]} | {LABELS[variant]} - baseline | "
                          f"{len(seeds)} | {cells[1]} | {cells[2]} |")
     return (lines if data else []), sentences, data

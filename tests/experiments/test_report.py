@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from idaa_transforms.data import EVAL_PHOTOS, GRAY_PHOTOS, VAE_PHOTOS
@@ -203,3 +205,5 @@ def test_longer_baseline_rows_use_the_paired_seeds_only_and_one_seed_has_no_spre
     assert "| 2.00 | 4 | 70.0 (1 seed) / 75.0 (1 seed) | eps = 0 control - baseline | 1 | +11.00 (undefined; " in text
     single = next(p for p in data["longer_baselines"] if p["variant"] == "eps0")
     assert single["std"] is None and single["t_p_value"] is None
+    same_epochs = next(p for p in data["equal_epochs"]["paired"] if p["variant"] == "eps0")
+    assert same_epochs["std"] is None and "NaN" not in json.dumps(data)
