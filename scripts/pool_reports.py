@@ -24,7 +24,6 @@ import dataclasses
 import datetime
 import json
 import math
-import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -120,14 +119,8 @@ def pool(reports: list[dict[str, Any]], command: str, longer: Sequence[dict[str,
     calibration = None if first["calibration"] is None else Calibration.from_dict(first["calibration"])
     text, data = build_report(equal_epochs=runs, equal_time=equal_time, plan=plan, epochs=epochs,
                               seeds=sorted(seeds), calibration=calibration, base=base, context=context,
-                              anchors=anchors, longer_baselines=dict(sorted(longer_runs.items())))
-    if plan and len(reports) > 1:  # the harness's sentence derives E' from this report's medians: not so here
-        planned = ", ".join(f"{LABELS[v]} {e}" for v, e in plan.items())
-        text = re.sub(r"^Equal wall-clock time: each variant gets E' = .*$",
-                      f"Equal wall-clock time: every pooled call planned the same E' from its own seconds per epoch "
-                      f"(E' = max(1, round({epochs} x baseline s / variant s)), each run with a full schedule of its "
-                      f"own): {planned}. The seconds per epoch in the tables are medians over the pooled runs, made "
-                      f"on machines of different speeds.", text, count=1, flags=re.MULTILINE)
+                              anchors=anchors, longer_baselines=dict(sorted(longer_runs.items())),
+                              plan_by_calls=len(reports) > 1)
     if not_pooled:
         head, runs_table = text.split("\n## Runs\n", 1)
         text = f"{head}\nEqual wall-clock time: not pooled, {not_pooled}\n\n## Runs\n{runs_table}"

@@ -215,19 +215,17 @@ def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, varia
                   f"{record.sec_per_epoch:.2f} s/epoch", flush=True)
             write()
 
-    def epoch_seconds(variant: str) -> list[float]:  # of the equal-epoch runs (not the longer baselines)
-        return [s for r in _runs(scheduler.records, variant, args.epochs, args.seeds) for s in r.epoch_seconds]
-
     for seed in args.seeds:
         for variant in variants:
             run(RunSpec(variant, seed, args.epochs))
     for seed in args.seeds:  # longer baselines: their accuracies do not depend on this machine's timing
         for epochs in longer:
             run(RunSpec("baseline", seed, epochs))
-    if args.equal_time and epoch_seconds("baseline"):
-        baseline = statistics.median(epoch_seconds("baseline"))
-        plan = {v: equal_time_epochs(args.epochs, baseline, statistics.median(epoch_seconds(v)))
-                for v in variants[1:] if epoch_seconds(v)}
+    seconds = {v: scheduler.epoch_seconds(v, args.epochs) for v in variants}  # equal-epoch runs, no longer baselines
+    if args.equal_time and seconds["baseline"]:
+        baseline = statistics.median(seconds["baseline"])
+        plan = {v: equal_time_epochs(args.epochs, baseline, statistics.median(seconds[v]))
+                for v in variants[1:] if seconds[v]}
         for seed in args.seeds:
             for variant, epochs in plan.items():
                 run(RunSpec(variant, seed, epochs))

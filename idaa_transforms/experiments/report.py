@@ -298,7 +298,7 @@ def _header(base: TrainConfig, c: Calibration | None, context: ReportContext, ep
 def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[str, list[RunRecord]] | None,
                  plan: dict[str, int] | None, epochs: int, seeds: Sequence[int], calibration: Calibration | None,
                  base: TrainConfig, context: ReportContext, anchors: Anchors | None = None,
-                 longer_baselines: dict[int, list[RunRecord]] | None = None,
+                 longer_baselines: dict[int, list[RunRecord]] | None = None, plan_by_calls: bool = False,
                  not_started: Sequence[str] = (), unfinished: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
     """The markdown report and its JSON twin, from finished runs only.
 
@@ -314,6 +314,8 @@ def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[s
         anchors: the baseline's sanity anchors.
         longer_baselines: the finished baseline runs trained for more than ``epochs`` epochs, by their epochs (in
             seed order): each variant's equal-epoch runs are compared with them (equal time at a given cost ratio).
+        plan_by_calls: the runs come from several calls, each of which planned ``plan`` from its own timing (a
+            pooled report), so the report does not derive ``plan`` from the medians of these runs.
         not_started, unfinished: runs the time limit left out or stopped (resumable with ``--resume``).
     """
     anchors = anchors or Anchors()
@@ -342,9 +344,16 @@ def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[s
         plan_text = ", ".join(
             f"{LABELS[v]} {e} ({statistics.median(s for r in equal_epochs[v] for s in r.epoch_seconds):.2f} s "
             f"per epoch)" for v, e in plan.items())
-        lines += ["", f"Equal wall-clock time: each variant gets E' = max(1, round({epochs} x {baseline_sec:.2f} s / "
-                      f"its s per epoch)) epochs, with the medians over every epoch of the equal-epoch runs, and a "
-                      f"full schedule of its own: {plan_text}.", ""]
+        if plan_by_calls:  # the medians below are of the pooled runs: they need not give the E' that were planned
+            planned = ", ".join(f"{LABELS[v]} {e}" for v, e in plan.items())
+            lines += ["", f"Equal wall-clock time: every pooled call planned the same E' from its own seconds per "
+                          f"epoch (E' = max(1, round({epochs} x baseline s / variant s)), each run with a full "
+                          f"schedule of its own): {planned}. The seconds per epoch in the tables are medians over "
+                          f"the pooled runs, made on machines of different speeds.", ""]
+        else:
+            lines += ["", f"Equal wall-clock time: each variant gets E' = max(1, round({epochs} x {baseline_sec:.2f} "
+                          f"s / its s per epoch)) epochs, with the medians over every epoch of the equal-epoch runs, "
+                          f"and a full schedule of its own: {plan_text}.", ""]
         same = {"baseline", *(v for v, e in plan.items() if e == epochs)}  # their equal-time runs are the same runs
         if same >= set(plan):
             lines += [f"Every variant's E' is {epochs}: the equal-time runs are the equal-epoch runs, and the "

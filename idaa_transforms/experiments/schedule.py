@@ -244,9 +244,11 @@ class Scheduler:
         overheads = [r.wall_seconds - r.curve[-1].seconds for r in self.records if r.wall_seconds is not None and r.curve]
         return statistics.median(seconds) * spec.epochs + max(overheads, default=0.0)
 
-    def epoch_seconds(self, variant: str) -> list[float]:
-        """Training seconds of every epoch of every finished run of ``variant`` (their median sets equal time)."""
-        return [s for r in self.records if r.variant == variant for s in r.epoch_seconds]
+    def epoch_seconds(self, variant: str, epochs: int | None = None) -> list[float]:
+        """Training seconds of every epoch of every finished run of ``variant`` (of its ``epochs``-epoch runs only,
+        when given: the median over the equal-epoch runs sets equal time)."""
+        return [s for r in self.records if r.variant == variant and epochs in (None, r.epochs)
+                for s in r.epoch_seconds]
 
 
 def _finished_run(folder: Path, cfg: TrainConfig, ignore: Sequence[str] = ()) -> TrainResult:
