@@ -125,6 +125,14 @@ def _generator(generator: torch.Generator | int | None) -> torch.Generator | Non
     return generator
 
 
+def _layout_of(x: Tensor) -> torch.memory_format:
+    """``channels_last`` for a batch laid out so (and not also contiguous, as a one-channel or 1x1 batch is), else
+    the default layout: what the transform's outputs follow."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class IDAATransform(nn.Module):
     r"""Identity-disentangled adversarial augmentation (Yang et al., ICML 2022) for batches on any device.
 
@@ -350,7 +358,7 @@ class IDAATransform(nn.Module):
             x: the batch, ``(B, C, H, W)`` or ``(C, H, W)``, any floating dtype.
 
         Returns:
-            A :class:`Decomposition` whose ``reconstruction`` and ``residual`` have ``x``'s shape and dtype.
+            A :class:`Decomposition` whose ``reconstruction`` and ``residual`` have ``x``'s shape, dtype and memory layout.
 
         Example:
             >>> from idaa_transforms import IdentityVAE, VAEConfig
@@ -379,7 +387,7 @@ class IDAATransform(nn.Module):
                 saves the built-in loss one encoder pass.
 
         Returns:
-            ``x_adv`` like ``x`` (same shape, dtype, device; detached), or the sample with its images replaced.
+            ``x_adv`` like ``x`` (same shape, dtype, device and memory layout; detached), or the sample with its images replaced.
         """
         if len(inputs) == 1 and type(inputs[0]) is Tensor:  # the common case: one plain batch
             return self._views(inputs[0], loss_fn, anchor)
@@ -412,7 +420,7 @@ class IDAATransform(nn.Module):
             index = chosen.to(x.device, non_blocking=True)
             part = x.index_select(0, index)
             part_anchor = None if anchor is None else anchor.index_select(0, index)
-            adv = x.detach().index_copy(0, index[:count], self._attack(part, loss, part_anchor)[:count])
+            adv = x.detach().clone().index_copy_(0, index[:count], self._attack(part, loss, part_anchor)[:count])
         return adv.squeeze(0) if unbatched else adv
 
     def _attack(self, x: Tensor, loss: Callable[[Tensor, Tensor, Tensor | None], Tensor], anchor: Tensor | None) -> Tensor:
@@ -492,11 +500,12 @@ class IDAATransform(nn.Module):
         return self.vae.posterior_mean(v)
 
     def _decode(self, z: Tensor, like: Tensor) -> Tensor:
-        """``G`` at latent ``z``, resized to ``like``'s resolution and mapped to the caller's space (VAE dtype)."""
+        """``G`` at latent ``z``, resized to ``like``'s resolution, mapped to the caller's space (VAE dtype) and laid
+        out in memory as ``like`` is (channels_last or contiguous), so that every output keeps the caller's layout."""
         g = self.vae.decode(z)
         if g.shape[-2:] != like.shape[-2:]:
             g = F.interpolate(g, size=like.shape[-2:], mode="bilinear", align_corners=False)
-        return (g - self._shift) / self._scale
+        return ((g - self._shift) / self._scale).contiguous(memory_format=_layout_of(like))
 
     def _encoder_loss(self, x: Tensor, x_adv: Tensor, anchor: Tensor | None) -> Tensor:
         return encoder_loss(self.encoder, x, x_adv, anchor, self.temperature, self.use_adversarial_bn)

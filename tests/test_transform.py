@@ -669,6 +669,19 @@ def test_channels_last_input(make_idaa, eval_encoder, x):
     torch.testing.assert_close(parts.reconstruction + parts.residual, x, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("vae_layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("size", [32, 48])
+@pytest.mark.parametrize("options", [dict(), dict(p=0.5, generator=0)])
+def test_outputs_keep_the_input_memory_layout(make_idaa, vae, eval_encoder, vae_layout, size, options):
+    vae.to(memory_format=vae_layout)  # whichever layout the VAE runs in, the caller's layout comes back
+    idaa = make_idaa(eval_encoder, eps=0.5, **options)
+    x = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    for layout in (torch.channels_last, torch.contiguous_format):
+        xl = x.contiguous(memory_format=layout)
+        outputs = [idaa(xl), *idaa.decompose(xl)[:2]]
+        assert all(out.is_contiguous(memory_format=layout) for out in outputs), layout
+
+
 def test_batch_of_one_uses_negative_cosine(make_idaa, x):
     encoder = spatial_encoder()
     single = x[:1]
