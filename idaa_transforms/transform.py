@@ -358,7 +358,8 @@ class IDAATransform(nn.Module):
             x: the batch, ``(B, C, H, W)`` or ``(C, H, W)``, any floating dtype.
 
         Returns:
-            A :class:`Decomposition` whose ``reconstruction`` and ``residual`` have ``x``'s shape, dtype and memory layout.
+            A :class:`Decomposition` whose ``reconstruction`` and ``residual`` have ``x``'s shape, dtype and memory
+            layout.
 
         Example:
             >>> from idaa_transforms import IdentityVAE, VAEConfig
@@ -387,7 +388,8 @@ class IDAATransform(nn.Module):
                 saves the built-in loss one encoder pass.
 
         Returns:
-            ``x_adv`` like ``x`` (same shape, dtype, device and memory layout; detached), or the sample with its images replaced.
+            ``x_adv`` like ``x`` (same shape, dtype, device and memory layout; detached), or the sample with its
+            images replaced.
         """
         if len(inputs) == 1 and type(inputs[0]) is Tensor:  # the common case: one plain batch
             return self._views(inputs[0], loss_fn, anchor)
