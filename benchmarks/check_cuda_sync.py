@@ -27,11 +27,12 @@ from idaa_transforms.trainers.methods import build_method  # noqa: E402
 
 
 def _cases() -> dict[str, dict[str, Any]]:
-    """Transform options, and whether to pass the anchor / run under bf16 autocast, per checked case."""
+    """Transform options, and whether to pass the anchor / run under autocast (bf16 or fp16), per checked case."""
     return {
         "fgsm": {},
         "fgsm_anchor": {"anchor": True},
         "fgsm_anchor_bf16": {"anchor": True, "amp": torch.bfloat16},
+        "fgsm_anchor_fp16": {"anchor": True, "amp": torch.float16},  # the loss scaling's device-side updates
         "fgsm_adversarial_bn": {"anchor": True, "options": {"use_adversarial_bn": True}},
         "pgd3_l2_random_start": {"options": {"steps": 3, "norm": "l2", "random_start": True}},
         "p=0.5": {"options": {"p": 0.5, "generator": 0}},

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from idaa_transforms._hub import HubOptions
+from idaa_transforms._loss_scale import LossScale
 from idaa_transforms.attack import (
     LossFn,
     batch_of_one_explained,
@@ -32,7 +33,6 @@ from idaa_transforms.attack import (
     check_encoder,
     check_images,
     encoder_loss,
-    loss_gradient,
     reads_values,
     require_autograd,
     resolve_loss,
@@ -268,6 +268,7 @@ class IDAATransform(nn.Module):
         self.encoder = encoder  # referenced, not registered: it belongs to the caller (see __setattr__)
         self.generator = _generator(generator)
         self._warned: set[str] = set()
+        self._loss_scale = LossScale()
         self._values_seen = False  # whether an accelerator input's values were read once (see _check_input)
 
         cfg = vae.config
@@ -448,7 +449,8 @@ class IDAATransform(nn.Module):
                 if step > 0:
                     g = self._decode(z, x)
                 value = loss(x, g.to(x.dtype) + residual, anchor)
-                grad = loss_gradient(value, z, check_finite=check_loss)
+                grad = self._loss_scale.gradient(value, z, batch_size=x.shape[0], check_finite=check_loss,
+                                                 inputs=(x,))
                 with torch.no_grad():
                     z = self._ascend(z, grad, mu)
                 z = z.detach().requires_grad_(step < self.steps - 1)

@@ -120,3 +120,15 @@ def test_shares_the_adversaries_batchnorm_rules():
         warnings.simplefilter("error")
         fgsm(torch.rand(4, 3, 8, 8))  # once
         PixelFGSM(convert_to_dual_bn(bn1d), eps=0.01, use_adversarial_bn=True)(torch.rand(4, 3, 8, 8))
+
+
+def test_autocast_float16_moves_every_pixel():
+    """Unscaled, a float16 backward pass gives this loss a zero gradient at about 30% of the pixels (no step there);
+    the loss is scaled first, so all but a handful (8 of 24,576, float16 rounding) move by eps."""
+    encoder = make_encoder().eval()
+    x = batch(8)
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = PixelFGSM(loss_fn=lambda a, b: 0.01 * encoder(b).square().mean(), eps=0.1)(x)
+    assert out.dtype == torch.float32
+    step = (out - x).abs()
+    assert ((step - 0.1).abs() < 1e-6).float().mean() > 0.999 and (step < 0.1 + 1e-6).all()

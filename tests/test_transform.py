@@ -615,6 +615,18 @@ def test_autocast_bfloat16(make_idaa, eval_encoder, x):
     assert (out - idaa(x)).abs().mean() < 0.5 * (out - x).abs().mean()
 
 
+def test_autocast_float16_moves_every_latent(make_idaa, vae, x, monkeypatch):
+    """A float16 backward pass flushes gradients below 6e-8 to zero: unscaled, this loss's latent gradient is zero
+    everywhere (an error on the CPU, a silent no-op elsewhere). The loss is scaled first, so every latent moves."""
+    weight = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    seen = record_latents(monkeypatch, vae)
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = make_idaa(loss_fn=lambda a, b: 1e-3 * (b * weight).mean(), eps=0.5)(x)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    moved = (seen[-1].float() - seen[0].float()).abs()
+    assert (moved > 0.49).all() and (moved < 0.51).all()
+
+
 def test_bfloat16_input_keeps_dtype(make_idaa, x):
     loss = linear_loss(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
     out = make_idaa(loss_fn=loss, eps=0.5)(x.bfloat16())
