@@ -9,7 +9,7 @@ does not change, so they multiply the loss by a power of two before differentiat
 does for training. The factor lives on the device and adapts there, without a host synchronisation: after each
 gradient it moves (by a power of two) so that the largest entry sits near :attr:`LossScale.TARGET`, far from both
 ends of float16's range. A gradient that overflowed all the same is dropped (that step leaves the latent where it
-was) and the factor falls by :attr:`LossScale.MAX_CHANGE`.
+was; a warning says so where values may be read, as on the CPU) and the factor falls by :attr:`LossScale.MAX_CHANGE`.
 
 Example:
     >>> import torch
@@ -21,6 +21,8 @@ Example:
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import Tensor
@@ -68,4 +70,9 @@ class LossScale:
         finite = torch.isfinite(largest)
         change = torch.exp2(torch.log2(self.TARGET / largest).round()).clamp(1 / self.MAX_CHANGE, self.MAX_CHANGE)
         self._factor = torch.where(finite, factor * change, factor / self.MAX_CHANGE).clamp(*self._RANGE)
+        if check_finite and not bool(finite):  # values may be read here: say so rather than skip in silence
+            warnings.warn(
+                f"float16 gradient overflowed at loss scale {float(factor):g}; this step was skipped (x_adv == x for "
+                f"it) and the scale lowered to {float(self._factor):g} for the next.", RuntimeWarning, stacklevel=3,
+            )
         return torch.where(finite, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))

@@ -51,6 +51,13 @@ def test_an_overflow_drops_the_step_and_lowers_the_factor():
     assert torch.equal(grad.sign(), SIGNS.expand(4, 8).half())
 
 
+def test_an_overflow_is_said_where_values_may_be_read():
+    scale = LossScale()
+    z = leaf()
+    with pytest.warns(RuntimeWarning, match="overflowed at loss scale 256; this step was skipped"):
+        scale.gradient(scaled_loss(z, 1e4), z, batch_size=4, check_finite=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_other_dtypes_are_not_scaled(dtype):
     scale = LossScale()
