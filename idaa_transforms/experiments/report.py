@@ -368,8 +368,8 @@ def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[s
             lines += _rounding_caveats(plan, equal_epochs)
     lines += longer_lines
     lines += ["", "## What this does and does not show", "",
-              _conclusion(sentences, time_sentences, longer_sentences, seeds, calibration, epochs, base,
-                          list(equal_epochs))]
+              _conclusion(sentences, time_sentences, longer_sentences, _paired_seed_counts(data), calibration,
+                          epochs, base, list(equal_epochs))]
     if not_started or unfinished:
         lines += ["", "Not finished when the time limit came (continue with the same command and `--resume`): "
                       + ", ".join([*unfinished, *(f"{name} (not started)" for name in not_started)]) + "."]
@@ -386,8 +386,16 @@ def build_report(*, equal_epochs: dict[str, list[RunRecord]], equal_time: dict[s
     return "\n".join(lines) + "\n", data
 
 
-def _conclusion(sentences: list[str], time_sentences: list[str], longer_sentences: list[str], seeds: Sequence[int],
-                calibration: Calibration | None, epochs: int, base: TrainConfig, variants: Sequence[str]) -> str:
+def _paired_seed_counts(data: dict[str, Any]) -> list[int]:
+    """How many seeds each paired comparison of a report's JSON has (equal epochs, equal time, longer baselines)."""
+    paired = [*data["equal_epochs"]["paired"], *data.get("equal_time", {}).get("paired", []),
+              *data["longer_baselines"]]
+    return [len(p["seeds"]) for p in paired]
+
+
+def _conclusion(sentences: list[str], time_sentences: list[str], longer_sentences: list[str],
+                paired_seed_counts: Sequence[int], calibration: Calibration | None, epochs: int, base: TrainConfig,
+                variants: Sequence[str]) -> str:
     """The plain paragraph: every paired result in words, then what the setup cannot show."""
     if not sentences:
         return "No paired comparison is available yet (the baseline or the variants have no finished runs)."
@@ -401,10 +409,13 @@ def _conclusion(sentences: list[str], time_sentences: list[str], longer_sentence
         parts.append("Against longer baselines (equal time where a variant's epoch costs R baseline epochs): "
                      + " ".join(longer_sentences))
     parts.append(f"{noise} of {total} paired differences are not distinguishable from seed noise.")
-    smallest = 2 / 2 ** len(seeds)
+    fewest = min(paired_seed_counts)
+    smallest = 2 / 2 ** fewest
     if smallest > SIGNIFICANCE:
-        parts.append(f"With {len(seeds)} seeds the exact sign-flip test cannot reach p < {SIGNIFICANCE} (its floor is "
-                     f"{smallest:.3f}), so no result here is significant by that test whatever the numbers.")
+        which = ("no result here is" if fewest == max(paired_seed_counts) else
+                 f"no comparison over {fewest} seeds (the fewest here) is")
+        parts.append(f"With {fewest} paired seeds the exact sign-flip test cannot reach p < {SIGNIFICANCE} (its floor "
+                     f"is {smallest:.3f}), so {which} significant by that test whatever the numbers.")
     parts.append(f"This is one dataset ({base.dataset}), one architecture ({base.arch}), one method ({base.method}) "
                  f"and {epochs} epochs: it does not show how the differences behave at other scales or on other "
                  f"data.")

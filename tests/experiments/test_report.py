@@ -207,3 +207,20 @@ def test_longer_baseline_rows_use_the_paired_seeds_only_and_one_seed_has_no_spre
     assert single["std"] is None and single["t_p_value"] is None
     same_epochs = next(p for p in data["equal_epochs"]["paired"] if p["variant"] == "eps0")
     assert same_epochs["std"] is None and "NaN" not in json.dumps(data)
+
+
+def test_the_sign_flip_floor_sentence_counts_the_paired_seeds():
+    seven = [record("baseline", s, 80.0, 85.0) for s in range(7)]
+    more = [record("idaa", s, 81.0 + s / 10, 86.0 + s / 10) for s in range(7)]
+    text, _ = build_report(equal_epochs={"baseline": seven, "idaa": more}, equal_time=None, plan=None, epochs=2,
+                           seeds=range(7), calibration=CALIBRATION, base=TrainConfig(), context=CONTEXT)
+    assert "cannot reach p < 0.05" not in text  # 7 paired seeds: the floor is 0.016
+    text, _ = build_report(equal_epochs={"baseline": seven, "idaa": more[:3]}, equal_time=None, plan=None, epochs=2,
+                           seeds=range(7), calibration=CALIBRATION, base=TrainConfig(), context=CONTEXT)
+    assert "With 3 paired seeds the exact sign-flip test cannot reach p < 0.05 (its floor is 0.250), so no result " \
+           "here is significant" in text  # the report has 7 seeds, the only comparison 3
+    text, _ = build_report(equal_epochs={"baseline": seven, "idaa": more, "eps0": more[:2]}, equal_time=None,
+                           plan=None, epochs=2, seeds=range(7), calibration=CALIBRATION, base=TrainConfig(),
+                           context=CONTEXT)
+    assert "With 2 paired seeds the exact sign-flip test cannot reach p < 0.05 (its floor is 0.500), so no " \
+           "comparison over 2 seeds (the fewest here) is significant" in text
