@@ -24,7 +24,8 @@ and ``E' = max(1, round(E * baseline_seconds_per_epoch / variant_seconds_per_epo
 (``--no-equal-time`` skips them). Those epochs are rounded from this machine's timing; ``--cost-ratios R ...``
 asks the question for a given cost instead: the baseline is also trained for ``R * E`` epochs (rounded), and every
 variant's ``E``-epoch runs are compared with it, which is equal time wherever a variant's epoch costs ``R`` baseline
-epochs (on a GPU, IDAA's step measured 1.2-1.5 times a plain one). Paired differences against the baseline get a
+epochs (on a GPU, IDAA's step measured 1.2-1.5 times a plain one); longer baselines that earlier calls finished in
+the same ``--out`` stay in the report. Paired differences against the baseline get a
 paired t-test and an exact sign-flip test (:mod:`~idaa_transforms.experiments.stats`). The baseline is shown beside
 sanity anchors (:mod:`~idaa_transforms.experiments.anchors`): a randomly initialised network and, on CIFAR-10,
 published figures.
@@ -183,6 +184,11 @@ def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, varia
         if "pixel_fgsm" in variants:
             print(f"pixel FGSM eps matched to IDAA's mean L2 perturbation: {calibration.pixel_eps:.5f}", flush=True)
     anchors = Anchors(_random_init_knn(base, out) if args.anchors else None, published_anchors(base.dataset))
+    # Longer baselines that earlier calls (other --cost-ratios) finished here stay in the report, read back.
+    kept = [spec for spec in scheduler.finished("baseline", args.seeds) if spec.epochs > args.epochs]
+    shown = sorted({*longer, *(spec.epochs for spec in kept)}) if len(variants) > 1 else longer
+    for spec in kept if len(variants) > 1 else ():
+        scheduler.run(spec)
     plan: dict[str, int] | None = None
     on_record = False  # this call goes into calls.jsonl when it first writes the report (one refused before: not)
 
@@ -200,7 +206,7 @@ def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, varia
                                   seeds=args.seeds, calibration=calibration, base=base, context=context,
                                   anchors=anchors, not_started=scheduler.not_started,
                                   longer_baselines={e: _runs(scheduler.records, "baseline", e, args.seeds)
-                                                    for e in longer},
+                                                    for e in shown},
                                   unfinished=scheduler.unfinished)
         _files.atomic_write_text(report_dir / "report.md", text)
         _files.atomic_write_json(report_dir / "compare.json", data)

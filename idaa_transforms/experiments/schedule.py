@@ -230,6 +230,16 @@ class Scheduler:
             if (Path(cfg.out) / RESULTS).is_file():
                 _finished_run(Path(cfg.out), cfg, ignore=() if self.pixel_eps is not None else ("pixel_eps",))
 
+    def finished(self, variant: str, seeds: Sequence[int]) -> list[RunSpec]:
+        """The runs of ``variant`` for ``seeds`` that are finished in ``out``, whatever their epochs (read from the
+        folder names), in seed and epoch order."""
+        specs = []
+        for folder in self.out.glob(f"{variant}-e*-s*"):
+            epochs, _, seed = folder.name.removeprefix(f"{variant}-e").partition("-s")
+            if epochs.isdigit() and seed.isdigit() and int(seed) in seeds and (folder / RESULTS).is_file():
+                specs.append(RunSpec(variant, int(seed), int(epochs)))
+        return sorted(specs, key=lambda spec: (spec.seed, spec.epochs))
+
     def _keep(self, record: RunRecord) -> RunRecord:
         self.records.append(record)
         return record

@@ -161,6 +161,13 @@ def test_cost_ratios_train_longer_baselines_and_compare_every_variant_with_them(
     again = compare.main(argv)
     assert again["longer_baselines"] == data["longer_baselines"]
     assert all(r["wall_seconds"] is None for r in again["runs"])  # None: read back, not trained
+    # Another ratio later adds its baselines; those of the earlier ratio stay in the report, also without the option.
+    three = compare.main([*argv[:-4], "--cost-ratios", "3", "--out", str(tmp_path)])
+    assert {p["baseline_epochs"] for p in three["longer_baselines"]} == {2, 3}
+    assert "| 2.00 | 2 |" in (tmp_path / "report.md").read_text()
+    plain = compare.main([a for a in argv if a not in ("--cost-ratios", "2")])
+    assert {p["baseline_epochs"] for p in plain["longer_baselines"]} == {2, 3}
+    assert all(r["wall_seconds"] is None for r in plain["runs"])
     # Equal time is planned from the equal-epoch runs' seconds, not from the longer baselines'.
     seen = []
     monkeypatch.setattr(compare, "equal_time_epochs", lambda epochs, b, v: seen.append(b) or 1)
