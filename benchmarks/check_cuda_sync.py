@@ -32,7 +32,7 @@ def _cases() -> dict[str, dict[str, Any]]:
         "fgsm": {},
         "fgsm_anchor": {"anchor": True},
         "fgsm_anchor_bf16": {"anchor": True, "amp": torch.bfloat16},
-        "fgsm_anchor_fp16": {"anchor": True, "amp": torch.float16},  # the loss scaling's device-side updates
+        "fgsm_anchor_fp16": {"anchor": True, "amp": torch.float16},  # the attack in bf16 within fp16 autocast
         "fgsm_adversarial_bn": {"anchor": True, "options": {"use_adversarial_bn": True}},
         "pgd3_l2_random_start": {"options": {"steps": 3, "norm": "l2", "random_start": True}},
         "p=0.5": {"options": {"p": 0.5, "generator": 0}},

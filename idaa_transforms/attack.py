@@ -254,7 +254,7 @@ def encoder_loss(
     return nt_xent(anchor, embedding, temperature)
 
 
-def loss_gradient(value: Tensor, wrt: Tensor, check_finite: bool = False, scale: Tensor | None = None) -> Tensor:
+def loss_gradient(value: Tensor, wrt: Tensor, check_finite: bool = False) -> Tensor:
     """``d value / d wrt`` for a scalar loss, or a clear error when the loss cannot give one.
 
     Args:
@@ -263,9 +263,6 @@ def loss_gradient(value: Tensor, wrt: Tensor, check_finite: bool = False, scale:
         check_finite: also reject a NaN or infinite loss, and a gradient that is zero everywhere (either would make
             the step a silent no-op). This reads values on the host: enable it on the CPU, or where a device
             synchronisation is acceptable.
-        scale: a factor (a float32 scalar tensor) to multiply the loss by before differentiating, so that a float16
-            backward pass keeps small gradients (see ``idaa_transforms._loss_scale``); the gradient comes back
-            multiplied by it.
 
     Raises:
         ValueError: if the loss is not a scalar, has no gradient path to ``wrt``, is not finite or has a zero
@@ -276,8 +273,6 @@ def loss_gradient(value: Tensor, wrt: Tensor, check_finite: bool = False, scale:
         raise ValueError(f"loss_fn: expected a scalar tensor (reduce it, e.g. with .mean()), got {got}.")
     if check_finite and not bool(torch.isfinite(value)):
         raise ValueError(f"loss_fn: the loss is {value.item()}, so its gradient says nothing; check the loss and inputs.")
-    if scale is not None:
-        value = value.float() * scale
     try:
         grad = torch.autograd.grad(value, wrt, allow_unused=True)[0] if value.requires_grad else None
     except RuntimeError:

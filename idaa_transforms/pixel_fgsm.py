@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from idaa_transforms._loss_scale import LossScale
+from idaa_transforms._precision import attack_precision
 from idaa_transforms.attack import (
     LossFn,
     batch_of_one_explained,
@@ -21,6 +21,7 @@ from idaa_transforms.attack import (
     check_encoder,
     check_images,
     encoder_loss,
+    loss_gradient,
     reads_values,
     require_autograd,
     resolve_loss,
@@ -84,7 +85,6 @@ class PixelFGSM(nn.Module):
         self.use_adversarial_bn = use_adversarial_bn
         self.check_finite = check_finite
         self._warned: set[str] = set()
-        self._loss_scale = LossScale()
 
     def forward(self, x: Tensor, *, loss_fn: LossFn | None = None, anchor: Tensor | None = None) -> Tensor:
         """Return ``x + eps * sign(dL/dx)``, detached (see :class:`~idaa_transforms.attack.Adversary`)."""
@@ -98,10 +98,9 @@ class PixelFGSM(nn.Module):
         warn_without_modules(self.encoder, "PixelFGSM", self._warned)
         if x.shape[0] == 0:
             return x.detach()
-        with torch.enable_grad(), batch_of_one_explained("PixelFGSM"):
+        with torch.enable_grad(), batch_of_one_explained("PixelFGSM"), attack_precision(x.device):
             x_adv = x.detach().requires_grad_(True)
-            grad = self._loss_scale.gradient(loss(x, x_adv, anchor), x_adv, batch_size=x.shape[0],
-                                             check_finite=reads_values(x, self.check_finite))
+            grad = loss_gradient(loss(x, x_adv, anchor), x_adv, check_finite=reads_values(x, self.check_finite))
         out = (x + self.eps * grad.sign()).detach()
         return out.squeeze(0) if unbatched else out
 

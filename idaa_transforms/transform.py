@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from idaa_transforms._hub import HubOptions
-from idaa_transforms._loss_scale import LossScale
+from idaa_transforms._precision import attack_precision
 from idaa_transforms.attack import (
     LossFn,
     batch_of_one_explained,
@@ -33,6 +33,7 @@ from idaa_transforms.attack import (
     check_encoder,
     check_images,
     encoder_loss,
+    loss_gradient,
     reads_values,
     require_autograd,
     resolve_loss,
@@ -63,7 +64,7 @@ class Decomposition(NamedTuple):
         reconstruction: ``G(x) = decode(encode(x))``, the VAE's reconstruction, at ``x``'s resolution.
         residual: ``R(x) = x - G(x)``, what the VAE cannot reconstruct; it keeps most identity-distinctive detail.
         latent: the posterior mean that ``reconstruction`` was decoded from, ``(B, latent_dim)``, in the VAE's
-            dtype.
+            dtype (under autocast, in the autocast dtype).
     """
 
     reconstruction: Tensor
@@ -268,7 +269,6 @@ class IDAATransform(nn.Module):
         self.encoder = encoder  # referenced, not registered: it belongs to the caller (see __setattr__)
         self.generator = _generator(generator)
         self._warned: set[str] = set()
-        self._loss_scale = LossScale()
         self._values_seen = False  # whether an accelerator input's values were read once (see _check_input)
 
         cfg = vae.config
@@ -427,7 +427,7 @@ class IDAATransform(nn.Module):
         return adv.squeeze(0) if unbatched else adv
 
     def _attack(self, x: Tensor, loss: Callable[[Tensor, Tensor, Tensor | None], Tensor], anchor: Tensor | None) -> Tensor:
-        with batch_of_one_explained("IDAATransform"):
+        with batch_of_one_explained("IDAATransform"), attack_precision(x.device):
             return self._attack_latent(x, loss, anchor)
 
     def _attack_latent(self, x: Tensor, loss: Callable[[Tensor, Tensor, Tensor | None], Tensor],
@@ -449,8 +449,7 @@ class IDAATransform(nn.Module):
                 if step > 0:
                     g = self._decode(z, x)
                 value = loss(x, g.to(x.dtype) + residual, anchor)
-                grad = self._loss_scale.gradient(value, z, batch_size=x.shape[0], check_finite=check_loss,
-                                                 inputs=(x,))
+                grad = loss_gradient(value, z, check_finite=check_loss)
                 with torch.no_grad():
                     z = self._ascend(z, grad, mu)
                 z = z.detach().requires_grad_(step < self.steps - 1)
@@ -464,9 +463,11 @@ class IDAATransform(nn.Module):
         if self.norm == "linf":
             z = z + self.step_size * grad.sign()
             return center + (z - center).clamp(-self.eps, self.eps)
-        z = z + self.step_size * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        delta = z - center
-        return center + delta * (self.eps / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+        grad = grad.float()  # norms in float32: in a float16 latent the 1e-12 floor is 0, and a zero row 0 / 0
+        z = z + (self.step_size * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)).to(z.dtype)
+        delta = (z - center).float()
+        return center + (delta * (self.eps / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)).to(
+            z.dtype)
 
     def _check_step_fits(self, dtype: torch.dtype) -> None:
         """``eps`` and ``step_size`` must leave the latent's arithmetic finite in ``dtype`` (pure Python, no sync)."""

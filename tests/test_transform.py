@@ -616,15 +616,33 @@ def test_autocast_bfloat16(make_idaa, eval_encoder, x):
 
 
 def test_autocast_float16_moves_every_latent(make_idaa, vae, x, monkeypatch):
-    """A float16 backward pass flushes gradients below 6e-8 to zero: unscaled, this loss's latent gradient is zero
-    everywhere (an error on the CPU, a silent no-op elsewhere). The loss is scaled first, so every latent moves."""
+    """In float16 this loss's latent gradient flushes to zero everywhere (an error on the CPU, a silent no-op
+    elsewhere); the attack's passes run in bfloat16 instead, so every latent moves by eps."""
     weight = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     seen = record_latents(monkeypatch, vae)
+    dtypes = []
+
+    def loss(a, b):
+        dtypes.append(torch.get_autocast_dtype("cpu"))
+        return 1e-3 * (b * weight).mean()
+
     with torch.autocast("cpu", dtype=torch.float16):
-        out = make_idaa(loss_fn=lambda a, b: 1e-3 * (b * weight).mean(), eps=0.5)(x)
+        out = make_idaa(loss_fn=loss, eps=0.5)(x)
+        assert torch.get_autocast_dtype("cpu") == torch.float16  # the caller's setting, back after the call
+    assert dtypes == [torch.bfloat16]
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     moved = (seen[-1].float() - seen[0].float()).abs()
     assert (moved > 0.49).all() and (moved < 0.51).all()
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_l2_step_leaves_a_zero_gradient_row_in_place_in_a_float16_latent(vae, x, steps):
+    """A sample the loss ignores has a zero gradient row; normalising it must not give 0 / 0 in float16."""
+    out = IDAATransform(copy.deepcopy(vae).half(), loss_fn=lambda a, b: (b[:2].float() ** 2).mean(), norm="l2",
+                        eps=0.5, steps=steps)(x)
+    assert torch.isfinite(out).all()
+    moved = (out - x).abs().flatten(1).amax(1)
+    assert (moved[:2] > 1e-3).all() and (moved[2:] < 1e-2).all()
 
 
 def test_bfloat16_input_keeps_dtype(make_idaa, x):
