@@ -184,11 +184,8 @@ def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, varia
         if "pixel_fgsm" in variants:
             print(f"pixel FGSM eps matched to IDAA's mean L2 perturbation: {calibration.pixel_eps:.5f}", flush=True)
     anchors = Anchors(_random_init_knn(base, out) if args.anchors else None, published_anchors(base.dataset))
-    # Longer baselines that earlier calls (other --cost-ratios) finished here stay in the report, read back.
-    kept = [spec for spec in scheduler.finished("baseline", args.seeds) if spec.epochs > args.epochs]
-    shown = sorted({*longer, *(spec.epochs for spec in kept)}) if len(variants) > 1 else longer
-    for spec in kept if len(variants) > 1 else ():
-        scheduler.run(spec)
+    shown = sorted({*longer, *(_earlier_longer_baselines(scheduler, args.epochs, args.seeds)
+                               if len(variants) > 1 else ())})
     plan: dict[str, int] | None = None
     on_record = False  # this call goes into calls.jsonl when it first writes the report (one refused before: not)
 
@@ -240,6 +237,22 @@ def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, varia
     status = f"; {left} run(s) left for --resume" if left else ""
     print(f"report: {report_dir / 'report.md'} ({(time.time() - start) / 60:.1f} min{status})", flush=True)
     return data
+
+
+def _earlier_longer_baselines(scheduler: Scheduler, epochs: int, seeds: Sequence[int]) -> list[int]:
+    """The epochs of the longer baselines that earlier calls (with other ``--cost-ratios``) finished in the folder,
+    read back so that the report keeps them; one made with other settings is left out, with a line that says so."""
+    found = set()
+    for spec in scheduler.finished("baseline", seeds):
+        if spec.epochs <= epochs:
+            continue
+        try:
+            scheduler.run(spec)  # finished: read back, never trained
+        except ValueError as err:
+            print(f"left out of the report: {err}", flush=True)
+            continue
+        found.add(spec.epochs)
+    return sorted(found)
 
 
 def _runs(records: Sequence[RunRecord], variant: str, epochs: int, seeds: Sequence[int]) -> list[RunRecord]:

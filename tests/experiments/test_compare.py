@@ -141,7 +141,7 @@ def test_baseline_alone_is_not_calibrated(tmp_path, monkeypatch):
     assert data["calibration"] is None and not (tmp_path / "views_grid.png").exists()
 
 
-def test_cost_ratios_train_longer_baselines_and_compare_every_variant_with_them(tmp_path, monkeypatch):
+def test_cost_ratios_train_longer_baselines_and_compare_every_variant_with_them(tmp_path, monkeypatch, capsys):
     argv = [*TINY, "--seeds", "0", "1", "--variants", "baseline,idaa", "--no-equal-time", "--no-anchors",
             "--cost-ratios", "2", "--out", str(tmp_path)]
     data = compare.main(argv)
@@ -168,6 +168,14 @@ def test_cost_ratios_train_longer_baselines_and_compare_every_variant_with_them(
     plain = compare.main([a for a in argv if a not in ("--cost-ratios", "2")])
     assert {p["baseline_epochs"] for p in plain["longer_baselines"]} == {2, 3}
     assert all(r["wall_seconds"] is None for r in plain["runs"])
+    # One made with other settings is left out of a call that did not ask for it, and the call says so.
+    results = tmp_path / "baseline-e3-s1" / "results.json"
+    saved = json.loads(results.read_text())
+    results.write_text(json.dumps({**saved, "config": {**saved["config"], "temperature": 0.1}}))
+    capsys.readouterr()
+    left = compare.main([a for a in argv if a not in ("--cost-ratios", "2")])
+    assert "left out of the report:" in capsys.readouterr().out
+    assert {(p["baseline_epochs"], tuple(p["seeds"])) for p in left["longer_baselines"]} == {(2, (0, 1)), (3, (0,))}
     # Equal time is planned from the equal-epoch runs' seconds, not from the longer baselines'.
     seen = []
     monkeypatch.setattr(compare, "equal_time_epochs", lambda epochs, b, v: seen.append(b) or 1)
