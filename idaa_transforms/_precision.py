@@ -1,16 +1,18 @@
-"""The precision of the adversaries' gradient passes under float16 autocast.
+"""The precision of the adversaries' passes under float16 autocast.
 
 Under ``torch.autocast`` with float16 (the default dtype of ``torch.autocast("cuda")`` and of Lightning's
-``precision="16-mixed"``) the attack's backward pass would run in float16, where values below 6e-8 flush to zero, and
-the gradient of a batch-averaged SSL loss with respect to the latent is that small: at a batch of 512 (CIFAR
-ResNet-18 encoder, the shipped VAE, the built-in NT-Xent) a quarter of the latent gradient's entries came out exactly
-zero, so those latents did not move, and a third of the signs disagreed with float32's. Loss scaling (as
-``torch.amp.GradScaler`` does for training) is no safe fix for a single call without a host synchronisation: the
-gradients inside the loss were some 10^5 times the latent's in our trials, so a factor that lifted the one overflowed
-the other, and an overflowed step can only be skipped. So the adversaries run their passes under bfloat16 autocast
-instead, which has float32's range (and float16's tensor-core speed where it is supported), or in float32 where
-bfloat16 is not supported (CUDA GPUs before Ampere). Float16 *tensors* (a ``.half()`` model, float16 inputs) are the
-caller's explicit choice and are left as they are.
+``precision="16-mixed"``) the attack's backward pass runs in float16, where values below 6e-8 flush to zero, and the
+gradients of a batch-averaged SSL loss are that small. Measured on the CPU (the shipped VAE, NT-Xent, fresh encoders):
+with small_cnn at batch 256 every latent gradient entry came out zero, with ResNet-18 at batch 32 12% did, so the
+attack did nothing, or less than it should. Loss scaling (``torch.amp.GradScaler``'s cure for training) found no
+factor safe for every loss within one call: the factors that lifted the latent's gradients under NT-Xent overflowed
+the gradients inside cosine and squared losses in the same trials, and an overflowed step can only be skipped.
+
+So, with the built-in loss (whose every part the adversary knows), the passes run under bfloat16 autocast instead,
+which has float32's range and float16's tensor-core speed (float32 on CUDA GPUs before Ampere, which lack bfloat16),
+with autocast's weight cache off so that the caller's float16 cache is neither read nor changed. A user's
+``loss_fn`` may rely on float16 (a ``.half()`` model, float16 tensors of its own), so it is left in the caller's
+precision, with a warning (:data:`FLOAT16_ADVICE`).
 
 Example:
     >>> import torch
@@ -23,35 +25,61 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
 
 import torch
+from torch import Tensor
 
-__all__ = ["attack_precision"]
+from idaa_transforms.attack import modules_behind, warn_once
+
+__all__ = ["FLOAT16_ADVICE", "adversary_precision", "attack_precision", "float16_autocast"]
+
+#: What a warning says where the adversary keeps the caller's float16 autocast.
+FLOAT16_ADVICE = (
+    "under float16 autocast the attack's gradient is computed in float16, where the small gradients of a "
+    "batch-averaged loss flush to zero and the attack changes little or nothing; use bfloat16 autocast "
+    "(torch.autocast(..., dtype=torch.bfloat16)), or call the transform outside autocast."
+)
+
+
+def float16_autocast(device: torch.device) -> bool:
+    """Whether autocast to float16 is on for ``device``'s type."""
+    try:
+        return torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.float16
+    except RuntimeError:  # a device type autocast does not know (meta...): no autocast there
+        return False
+
+
+def adversary_precision(x: Tensor, encoder: Any, builtin_loss: bool, who: str,
+                        warned: set[str]) -> AbstractContextManager[None]:
+    """The precision an adversary's passes run in: :func:`attack_precision` for the built-in loss with a float32
+    (or wider) ``x`` and encoder; the caller's for everything else, with a warning (once) under float16 autocast."""
+    if not float16_autocast(x.device):
+        return nullcontext()
+    half = x.dtype == torch.float16 or any(p.dtype == torch.float16 for module in modules_behind(encoder)
+                                           for p in module.parameters())
+    if builtin_loss and not half:
+        return attack_precision(x.device)
+    warn_once(warned, "float16", f"{who}: {FLOAT16_ADVICE}")
+    return nullcontext()
 
 
 @contextmanager
 def attack_precision(device: torch.device) -> Iterator[None]:
-    """Within: bfloat16 autocast (or none, on devices without bfloat16) where float16 autocast is on for
-    ``device``; otherwise the caller's settings, untouched."""
-    kind = device.type
-    try:
-        in_float16 = torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16
-    except RuntimeError:  # a device type autocast does not know (meta...): no autocast there
-        in_float16 = False
-    if not in_float16:
+    """Within: bfloat16 autocast without the weight cache (or no autocast, on devices without bfloat16) where
+    float16 autocast is on for ``device``; otherwise the caller's settings, untouched."""
+    if not float16_autocast(device):
         yield
         return
-    if _supports_bfloat16(kind, device.index if device.index is not None else _current(kind)):
-        with torch.autocast(kind, dtype=torch.bfloat16):
+    kind = device.type
+    index = device.index if device.index is not None or kind != "cuda" else torch.cuda.current_device()
+    if _supports_bfloat16(kind, index):
+        with torch.autocast(kind, dtype=torch.bfloat16, cache_enabled=False):
             yield
     else:
         with torch.autocast(kind, enabled=False):
             yield
-
-
-def _current(kind: str) -> int | None:
-    return torch.cuda.current_device() if kind == "cuda" else None
 
 
 @functools.lru_cache(maxsize=None)

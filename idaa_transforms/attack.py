@@ -54,7 +54,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 #: Where a warning does not point (see :func:`warn_once`): the adversaries' own modules, torch, and the pipelines
 #: around them; the package's trainers are callers like any other.
 _NOT_THE_CALLER = (
-    *(os.path.join(_HERE, name) for name in ("attack.py", "transform.py", "pixel_fgsm.py")),
+    *(os.path.join(_HERE, name) for name in ("attack.py", "transform.py", "pixel_fgsm.py", "_precision.py")),
     *(os.path.join(location, "") for spec in map(importlib.util.find_spec, ("torch", "torchvision", "kornia"))
       if spec is not None for location in spec.submodule_search_locations or ()),
 )
@@ -244,6 +244,9 @@ def encoder_loss(
                 anchor = _embedding(call_without_buffer_updates(encoder, x), "x")
         embedding = _embedding(call_without_buffer_updates(encoder, x_adv), "x_adv")
     anchor = anchor.detach().flatten(1)
+    if anchor.dtype != embedding.dtype:  # e.g. a float16 anchor from the caller's autocast, a bfloat16 attack
+        common = torch.promote_types(anchor.dtype, embedding.dtype)
+        anchor, embedding = anchor.to(common), embedding.to(common)
     if anchor.shape != embedding.shape:
         raise ValueError(
             f"anchor: expected encoder(x), shaped like encoder(x_adv) {tuple(embedding.shape)} after flattening, "

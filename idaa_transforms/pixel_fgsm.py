@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from idaa_transforms._precision import attack_precision
+from idaa_transforms._precision import adversary_precision
 from idaa_transforms.attack import (
     LossFn,
     batch_of_one_explained,
@@ -98,7 +98,8 @@ class PixelFGSM(nn.Module):
         warn_without_modules(self.encoder, "PixelFGSM", self._warned)
         if x.shape[0] == 0:
             return x.detach()
-        with torch.enable_grad(), batch_of_one_explained("PixelFGSM"), attack_precision(x.device):
+        precision = adversary_precision(x, self.encoder, loss == self._encoder_loss, "PixelFGSM", self._warned)
+        with torch.enable_grad(), batch_of_one_explained("PixelFGSM"), precision:
             x_adv = x.detach().requires_grad_(True)
             grad = loss_gradient(loss(x, x_adv, anchor), x_adv, check_finite=reads_values(x, self.check_finite))
         out = (x + self.eps * grad.sign()).detach()

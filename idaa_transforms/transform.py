@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from idaa_transforms._hub import HubOptions
-from idaa_transforms._precision import attack_precision
+from idaa_transforms._precision import adversary_precision
 from idaa_transforms.attack import (
     LossFn,
     batch_of_one_explained,
@@ -64,7 +64,7 @@ class Decomposition(NamedTuple):
         reconstruction: ``G(x) = decode(encode(x))``, the VAE's reconstruction, at ``x``'s resolution.
         residual: ``R(x) = x - G(x)``, what the VAE cannot reconstruct; it keeps most identity-distinctive detail.
         latent: the posterior mean that ``reconstruction`` was decoded from, ``(B, latent_dim)``, in the VAE's
-            dtype (under autocast, in the autocast dtype).
+            dtype (also under autocast).
     """
 
     reconstruction: Tensor
@@ -427,7 +427,8 @@ class IDAATransform(nn.Module):
         return adv.squeeze(0) if unbatched else adv
 
     def _attack(self, x: Tensor, loss: Callable[[Tensor, Tensor, Tensor | None], Tensor], anchor: Tensor | None) -> Tensor:
-        with batch_of_one_explained("IDAATransform"), attack_precision(x.device):
+        precision = adversary_precision(x, self.encoder, loss == self._encoder_loss, "IDAATransform", self._warned)
+        with batch_of_one_explained("IDAATransform"), precision:
             return self._attack_latent(x, loss, anchor)
 
     def _attack_latent(self, x: Tensor, loss: Callable[[Tensor, Tensor, Tensor | None], Tensor],
@@ -463,7 +464,10 @@ class IDAATransform(nn.Module):
         if self.norm == "linf":
             z = z + self.step_size * grad.sign()
             return center + (z - center).clamp(-self.eps, self.eps)
-        grad = grad.float()  # norms in float32: in a float16 latent the 1e-12 floor is 0, and a zero row 0 / 0
+        # The direction in float32 whatever the gradient's size: rows scaled to a largest entry of 1 first, so that
+        # neither a tiny gradient's norm (below a floor) nor a float16 one (where the floor is 0: 0 / 0) distorts it.
+        grad = grad.float()
+        grad = grad / grad.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
         z = z + (self.step_size * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)).to(z.dtype)
         delta = (z - center).float()
         return center + (delta * (self.eps / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)).to(
@@ -502,7 +506,7 @@ class IDAATransform(nn.Module):
         size = self.vae.config.image_size
         if v.shape[-2:] != (size, size):
             v = F.interpolate(v, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return self.vae.posterior_mean(v)
+        return self.vae.posterior_mean(v).to(v.dtype)  # under autocast too: the attack's steps need its precision
 
     def _decode(self, z: Tensor, like: Tensor) -> Tensor:
         """``G`` at latent ``z``, resized to ``like``'s resolution, mapped to the caller's space (VAE dtype) and laid

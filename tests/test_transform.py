@@ -615,24 +615,60 @@ def test_autocast_bfloat16(make_idaa, eval_encoder, x):
     assert (out - idaa(x)).abs().mean() < 0.5 * (out - x).abs().mean()
 
 
-def test_autocast_float16_moves_every_latent(make_idaa, vae, x, monkeypatch):
-    """In float16 this loss's latent gradient flushes to zero everywhere (an error on the CPU, a silent no-op
-    elsewhere); the attack's passes run in bfloat16 instead, so every latent moves by eps."""
-    weight = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+def test_autocast_float16_runs_the_builtin_attack_in_bfloat16(make_idaa, vae, monkeypatch):
+    """In float16 the built-in loss's latent gradient loses entries to underflow; the attack's passes run under
+    bfloat16 autocast instead, every latent moves by eps, and the caller's forward passes on either side (their
+    float16 autocast and its weight cache) and a float16 anchor work, as in README's training step."""
+    encoder = make_encoder().eval()
+    x = smooth_batch(32)
     seen = record_latents(monkeypatch, vae)
+    dtypes = []
+    encoder.register_forward_hook(lambda *_: dtypes.append(torch.get_autocast_dtype("cpu")))
+    idaa = make_idaa(encoder, eps=0.5)
+    with torch.autocast("cpu", dtype=torch.float16):
+        anchor = encoder(x)
+        out = idaa(x, anchor=anchor.detach())
+        assert encoder(out).dtype == torch.float16
+    assert anchor.dtype == torch.float16 and dtypes == [torch.float16, torch.bfloat16, torch.float16]
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert seen[0].dtype == torch.float32  # the latent keeps the VAE's precision under autocast
+    moved = (seen[-1] - seen[0]).abs()
+    assert (moved > 0.499).all() and (moved < 0.501).all()
+
+
+def test_autocast_float16_with_a_loss_fn_keeps_float16_and_says_so(make_idaa, x):
     dtypes = []
 
     def loss(a, b):
         dtypes.append(torch.get_autocast_dtype("cpu"))
-        return 1e-3 * (b * weight).mean()
+        return (b * a.flip(0)).mean()
 
+    idaa = make_idaa(loss_fn=loss, eps=0.5)
     with torch.autocast("cpu", dtype=torch.float16):
-        out = make_idaa(loss_fn=loss, eps=0.5)(x)
-        assert torch.get_autocast_dtype("cpu") == torch.float16  # the caller's setting, back after the call
-    assert dtypes == [torch.bfloat16]
-    assert out.dtype == torch.float32 and torch.isfinite(out).all()
-    moved = (seen[-1].float() - seen[0].float()).abs()
-    assert (moved > 0.49).all() and (moved < 0.51).all()
+        with pytest.warns(UserWarning, match="IDAATransform: under float16 autocast") as caught:
+            idaa(x)
+        idaa(x)  # once
+    assert dtypes == [torch.float16, torch.float16] and len(caught) == 1
+    assert caught[0].filename == __file__
+
+
+def test_the_eps_ball_holds_in_the_vaes_precision_under_autocast(make_idaa, vae, eval_encoder, x, monkeypatch):
+    seen = record_latents(monkeypatch, vae)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        make_idaa(eval_encoder, eps=0.01, steps=3, step_size=0.005)(x)
+    assert (seen[-1] - seen[0]).abs().max() <= 0.01 + 1e-6  # in a bfloat16 latent: up to 1.56 eps
+
+
+def test_l2_step_is_a_full_step_whatever_the_loss_scale(make_idaa, vae, x, monkeypatch):
+    seen = record_latents(monkeypatch, vae)
+    weight = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    norms = []
+    for size in (1.0, 1e-12, 1e-30):
+        seen.clear()
+        make_idaa(loss_fn=lambda a, b: size * (b * weight).sum(), eps=0.5, norm="l2")(x)
+        norms.append((seen[-1] - seen[0]).norm(dim=1))
+    for n in norms:
+        torch.testing.assert_close(n, torch.full_like(n, 0.5))
 
 
 @pytest.mark.parametrize("steps", [1, 2])
