@@ -12,7 +12,7 @@ So, with the built-in loss (whose every part the adversary knows), the passes ru
 which has float32's range and float16's tensor-core speed (float32 on CUDA GPUs before Ampere, which lack bfloat16),
 with autocast's weight cache off so that the caller's float16 cache is neither read nor changed. A user's
 ``loss_fn`` may rely on float16 (a ``.half()`` model, float16 tensors of its own), so it is left in the caller's
-precision, with a warning (:data:`FLOAT16_ADVICE`).
+precision, with a warning (:data:`FLOAT16_ADVICE`), as are float16 inputs, encoders and VAEs.
 
 Example:
     >>> import torch
@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from idaa_transforms.attack import modules_behind, warn_once
 
@@ -51,13 +51,15 @@ def float16_autocast(device: torch.device) -> bool:
         return False
 
 
-def adversary_precision(x: Tensor, encoder: Any, builtin_loss: bool, who: str,
-                        warned: set[str]) -> AbstractContextManager[None]:
-    """The precision an adversary's passes run in: :func:`attack_precision` for the built-in loss with a float32
-    (or wider) ``x`` and encoder; the caller's for everything else, with a warning (once) under float16 autocast."""
+def adversary_precision(x: Tensor, encoder: Any, builtin_loss: bool, who: str, warned: set[str],
+                        vae: nn.Module | None = None) -> AbstractContextManager[None]:
+    """The precision an adversary's passes run in: :func:`attack_precision` for the built-in loss with an ``x``,
+    encoder and ``vae`` wider than float16; the caller's for everything else, with a warning (once) under float16
+    autocast."""
     if not float16_autocast(x.device):
         return nullcontext()
-    half = x.dtype == torch.float16 or any(p.dtype == torch.float16 for module in modules_behind(encoder)
+    modules = [*modules_behind(encoder), *([vae] if vae is not None else [])]
+    half = x.dtype == torch.float16 or any(p.dtype == torch.float16 for module in modules
                                            for p in module.parameters())
     if builtin_loss and not half:
         return attack_precision(x.device)

@@ -427,7 +427,8 @@ class IDAATransform(nn.Module):
         return adv.squeeze(0) if unbatched else adv
 
     def _attack(self, x: Tensor, loss: Callable[[Tensor, Tensor, Tensor | None], Tensor], anchor: Tensor | None) -> Tensor:
-        precision = adversary_precision(x, self.encoder, loss == self._encoder_loss, "IDAATransform", self._warned)
+        precision = adversary_precision(x, self.encoder, loss == self._encoder_loss, "IDAATransform", self._warned,
+                                        self.vae)
         with batch_of_one_explained("IDAATransform"), precision:
             return self._attack_latent(x, loss, anchor)
 

@@ -68,7 +68,11 @@ def test_a_users_loss_or_a_float16_model_keeps_the_callers_precision_with_a_warn
         with pytest.warns(UserWarning, match="bfloat16 autocast"):
             with adversary_precision(x, nn.Linear(3, 3).half(), builtin_loss=True, who="U", warned=set()):
                 assert autocast_state()[:2] == (True, torch.float16)
-        with adversary_precision(x, nn.Linear(3, 3), builtin_loss=True, who="T", warned=warned):
+        with pytest.warns(UserWarning, match="bfloat16 autocast"):  # a float16 VAE: as the caller has it
+            with adversary_precision(x, nn.Linear(3, 3), builtin_loss=True, who="V", warned=set(),
+                                     vae=nn.BatchNorm2d(3).half()):
+                assert autocast_state()[:2] == (True, torch.float16)
+        with adversary_precision(x, nn.Linear(3, 3), builtin_loss=True, who="T", warned=warned, vae=nn.Linear(2, 2)):
             assert autocast_state()[:2] == (True, torch.bfloat16)
     assert "flush to zero" in FLOAT16_ADVICE
 

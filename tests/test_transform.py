@@ -652,6 +652,13 @@ def test_autocast_float16_with_a_loss_fn_keeps_float16_and_says_so(make_idaa, x)
     assert caught[0].filename == __file__
 
 
+def test_autocast_float16_with_a_float16_vae_keeps_float16_and_says_so(make_idaa, vae, eval_encoder, x):
+    idaa = make_idaa(eval_encoder, eps=0.5).half()  # the VAE's BatchNorm in float16: bfloat16 would not run it
+    with torch.autocast("cpu", dtype=torch.float16), pytest.warns(UserWarning, match="under float16 autocast"):
+        out = idaa(x)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all() and (out - x).abs().max() > 1e-3
+
+
 def test_the_eps_ball_holds_in_the_vaes_precision_under_autocast(make_idaa, vae, eval_encoder, x, monkeypatch):
     seen = record_latents(monkeypatch, vae)
     with torch.autocast("cpu", dtype=torch.bfloat16):
