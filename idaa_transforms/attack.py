@@ -347,14 +347,16 @@ def check_anchor(anchor: Any, x: Tensor, who: str) -> None:
 
 
 def check_encoder(encoder: Any, x: Tensor, who: str, builtin_loss: bool) -> None:
-    """The encoder's device must be the input's; for the built-in loss, its dtype too (unless autocast is on)."""
+    """The encoder's device must be the input's; for the built-in loss, its dtype too (unless autocast is on and
+    casts them: it leaves float64 alone)."""
     roots = _roots(encoder)
     param = next((p for root in roots for p in root.parameters() if p.is_floating_point()), None)
     if param is None:
         return
     if param.device != x.device:
         raise ValueError(f"{who}: input is on {x.device} but the encoder is on {param.device}.")
-    if builtin_loss and param.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+    casts = torch.is_autocast_enabled(x.device.type) and torch.float64 not in (x.dtype, param.dtype)
+    if builtin_loss and param.dtype != x.dtype and not casts:
         raise TypeError(
             f"{who}: the built-in loss runs encoder(x_adv) in the input's dtype {x.dtype}, but the encoder's "
             f"parameters are {param.dtype}; convert one of them, run under torch.autocast, or pass loss_fn=."

@@ -728,6 +728,8 @@ def test_other_input_dtypes_come_back_in_their_dtype(make_idaa, vae, x, dtype):
 def test_encoder_dtype_other_than_the_input_is_a_clear_error_for_the_builtin_loss(make_idaa, eval_encoder, x):
     with pytest.raises(TypeError, match="encoder's parameters are torch.float32.*pass loss_fn="):
         make_idaa(eval_encoder, eps=0.5)(x.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(TypeError, match="encoder's parameters are"):
+        make_idaa(eval_encoder, eps=0.5)(x.double())  # autocast leaves float64 alone: no cast would save it
     # A loss_fn that casts is the user's business; under autocast the encoder's convolutions cast themselves.
     out = make_idaa(eval_encoder, eps=0.5)(x.double(), loss_fn=lambda a, b: nt_xent(eval_encoder(a.float()),
                                                                                     eval_encoder(b.float())))
