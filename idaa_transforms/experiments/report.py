@@ -162,7 +162,8 @@ def _section(pick: dict[str, list[RunRecord]], title: str,
         for metric, key in (("kNN", "knn_acc"), ("linear", "linear_acc")):
             c = paired_comparison([getattr(runs_a[s], key) for s in seeds], [getattr(runs_b[s], key) for s in seeds])
             per_seed = ", ".join(f"{d:+.1f}" for d in c.differences)
-            table.append(f"| {label} | {metric} | {c.summary.mean:+.2f} ± {c.summary.std:.2f} | {per_seed} | "
+            spread = f" ± {c.summary.std:.2f}" if c.summary.n > 1 else " (1 seed)"
+            table.append(f"| {label} | {metric} | {c.summary.mean:+.2f}{spread} | {per_seed} | "
                          f"{_p_text(c.t_p_value)} | {c.sign_flip_p_value:.3f} |")
             sentences.append(describe_difference(label, metric, c))
             data["paired"].append({"variant": a, "against": b, "metric": key, "seeds": seeds, **_paired_json(c)})

@@ -207,6 +207,7 @@ def test_longer_baseline_rows_use_the_paired_seeds_only_and_one_seed_has_no_spre
     assert single["std"] is None and single["t_p_value"] is None
     same_epochs = next(p for p in data["equal_epochs"]["paired"] if p["variant"] == "eps0")
     assert same_epochs["std"] is None and "NaN" not in json.dumps(data)
+    assert "| eps = 0 control - baseline (two views) | kNN | +1.00 (1 seed) |" in text and "nan" not in text
 
 
 def test_the_sign_flip_floor_sentence_counts_the_paired_seeds():
