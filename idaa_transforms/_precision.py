@@ -4,9 +4,10 @@ Under ``torch.autocast`` with float16 (the default dtype of ``torch.autocast("cu
 ``precision="16-mixed"``) the attack's backward pass runs in float16, where values below 6e-8 flush to zero, and the
 gradients of a batch-averaged SSL loss are that small. Measured on the CPU (the shipped VAE, NT-Xent, freshly
 initialised encoders with a linear head): with small_cnn at batch 256 every latent gradient entry came out zero, with
-ResNet-18 at batch 32 12% did, so the attack did nothing, or less than it should. Loss scaling (``torch.amp.GradScaler``'s cure for training) found no
-factor safe for every loss within one call: the factors that lifted the latent's gradients under NT-Xent overflowed
-the gradients inside cosine and squared losses in the same trials, and an overflowed step can only be skipped.
+ResNet-18 at batch 32 12% did, so the attack did nothing, or less than it should. Loss scaling
+(``torch.amp.GradScaler``'s cure for training) found no factor safe for every loss within one call: the factors that
+lifted the latent's gradients under NT-Xent overflowed the gradients inside cosine and squared losses in the same
+trials, and an overflowed step can only be skipped.
 
 So, with the built-in loss (whose every part the adversary knows), the passes run under bfloat16 autocast instead,
 which has float32's range and float16's tensor-core speed (float32 on CUDA GPUs before Ampere, which lack bfloat16),
