@@ -164,7 +164,8 @@ class Scheduler:
         out: the folder of the runs.
         pixel_eps: the calibrated step of the ``pixel_fgsm`` variant.
         resume: continue runs that an earlier invocation left unfinished (without it they are refused).
-        deadline: a ``time.time()`` after which no run starts and a running one stops between epochs.
+        deadline: a ``time.time()`` after which no run starts and a running one stops between epochs; a run whose
+            first epoch would end past it, as the finished runs of its variant say, is not started either.
         whole_runs: start a new run only if it is expected to finish before ``deadline`` (see
             :meth:`expected_seconds`), for a machine that is given back at the deadline, where an unfinished run
             would be lost; a run without an estimate (the first of its variant) is started.
@@ -203,11 +204,9 @@ class Scheduler:
             self.not_started.append(spec.name)
             return None
         started = any((folder / name).exists() for name in RUN_FILES)  # killed before its first checkpoint too
-        if not started and self.whole_runs and self.deadline is not None:
-            expected = self.expected_seconds(spec)
-            if expected is not None and time.time() + expected > self.deadline:
-                self.not_started.append(spec.name)
-                return None
+        if self._would_overrun(spec, whole=self.whole_runs and not started):
+            self.not_started.append(spec.name)
+            return None
         if started and not self.resume:
             raise ValueError(f"{folder} holds an unfinished run; pass --resume to continue it, or choose another "
                              f"--out.")
@@ -243,6 +242,18 @@ class Scheduler:
     def _keep(self, record: RunRecord) -> RunRecord:
         self.records.append(record)
         return record
+
+    def _would_overrun(self, spec: RunSpec, *, whole: bool) -> bool:
+        """Whether ``spec``, started now, would end past the deadline: all of it (``whole``), or its first epoch (the
+        trainer stops a run between epochs, but only once it has timed one), as its variant's finished runs say."""
+        if self.deadline is None:
+            return False
+        if whole:
+            expected = self.expected_seconds(spec)
+        else:
+            seconds = self.epoch_seconds(spec.variant)
+            expected = statistics.median(seconds) if seconds else None
+        return expected is not None and time.time() + expected > self.deadline
 
     def expected_seconds(self, spec: RunSpec) -> float | None:
         """How long ``spec`` should take, from the finished runs of its variant: the median epoch times ``spec.epochs``,

@@ -102,6 +102,16 @@ def test_whole_runs_starts_only_what_its_variant_says_will_finish(tmp_path):
     assert later.run(RunSpec("idaa", 1, 1)) is not None  # no estimate for its variant: started
 
 
+def test_a_run_whose_first_epoch_would_end_past_the_deadline_is_not_started(tmp_path, monkeypatch):
+    scheduler = Scheduler(tiny_base(), tmp_path, deadline=time.time() + 60)
+    monkeypatch.setattr(scheduler, "epoch_seconds", lambda variant, epochs=None: [120.0] if variant == "idaa" else [])
+    assert scheduler.run(RunSpec("idaa", 0, 1)) is None and scheduler.not_started == ["idaa-e1-s0"]
+    assert not (tmp_path / "idaa-e1-s0").exists()
+    assert scheduler.run(RunSpec("baseline", 0, 1)) is not None  # no estimate for its variant: started
+    scheduler.deadline = time.time() + 600  # one 120-second epoch fits now
+    assert scheduler.run(RunSpec("idaa", 0, 1)) is not None
+
+
 def test_longer_baseline_epochs_round_each_ratio_and_sort_them():
     assert longer_baseline_epochs(10, [2.0, 1.35, 1.2]) == [12, 14, 20]
     assert longer_baseline_epochs(10, [1.25]) == [13]  # halves round up, not to even
