@@ -1,4 +1,5 @@
-"""Files of a run folder: atomic writes, guarded fresh starts, tolerant reads, and one settings check for resumes.
+"""Files of a run folder: atomic writes, guarded fresh starts, one writer at a time, tolerant reads, and one settings
+check for resumes.
 
 Every file a run writes goes through :func:`atomic_write_bytes` (or one of its wrappers): the bytes land in a
 temporary file in the same folder, which is then renamed over the target, so a run killed mid-write leaves the
@@ -8,10 +9,12 @@ previous version intact, never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import json
 import os
 import pickle
+import socket
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -28,6 +31,7 @@ __all__ = [
     "load_torch_state",
     "read_jsonl",
     "prepare_run_dir",
+    "claim_folder",
     "changed_settings",
 ]
 
@@ -163,6 +167,73 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, markers: 
     except OSError as err:
         raise ValueError(f"--out: cannot write to {out} ({err.strerror}); choose a writable folder.") from None
     return out
+
+
+#: The file whose lock marks a folder as claimed (:func:`claim_folder`); it names the process that holds it.
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def claim_folder(folder: str | Path, *, flag: str = "--out") -> Iterator[Path]:
+    """Hold ``folder`` (created if needed) for this process while the block runs, so that a second run started on
+    the same folder stops with a one-line error instead of writing the same checkpoints.
+
+    The claim is an OS lock (``fcntl.flock``) on ``folder/.lock``: it ends with the block, and with the process when
+    that is killed, so no stale claim is ever left behind. Without ``fcntl`` (Windows) the folder is not locked.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> with claim_folder(root / "run"):
+        ...     try:
+        ...         with claim_folder(root / "run"):
+        ...             pass
+        ...     except ValueError as err:
+        ...         print(str(err).split(" (")[0])
+        --out: ... is in use by another run
+        >>> sorted(p.name for p in (root / "run").iterdir())  # the lock file goes with the claim
+        []
+
+    Raises:
+        ValueError: another process holds ``folder``, or it is a file or cannot be written.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag}: {folder} is a file, not a folder; give a folder for the run's outputs.")
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield folder
+        return
+    path = folder / LOCK_FILE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                holder = path.read_text(errors="replace").strip() if path.is_file() else ""
+                raise ValueError(f"{flag}: {folder} is in use by another run ({holder or 'a process'}); wait for it to "
+                                 f"end, or choose another {flag}.") from None
+            try:  # the holder before us may have removed the file we opened: lock the one at the path
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+    except OSError as err:
+        raise ValueError(f"{flag}: cannot write to {folder} ({err.strerror}); choose a writable folder.") from None
+    try:
+        since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}, since {since}\n".encode())
+        yield folder
+    finally:
+        path.unlink(missing_ok=True)  # before the lock goes: a process that opens it later makes a new one
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -40,7 +40,7 @@ from idaa_transforms._cli import (MAX_MINUTES_HELP, STOP_AFTER_HELP, ArgumentPar
                                   named_by_flags, next_epoch_would_overrun, non_negative_float, positive_float,
                                   positive_int)
 from idaa_transforms._files import (atomic_torch_save, atomic_write_jsonl, atomic_write_text, changed_settings,
-                                    load_torch_state, prepare_run_dir, removed_if_left_empty)
+                                    claim_folder, load_torch_state, prepare_run_dir, removed_if_left_empty)
 from idaa_transforms._grids import decomposition_rows, save_image_rows
 from idaa_transforms._hub import write_model_card
 from idaa_transforms._rng import rng_state, set_rng_state
@@ -378,7 +378,7 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
     """Run the training described by ``args`` (see :func:`build_parser`); returns the output folder.
 
     A run that fails to start leaves no empty ``--out`` behind."""
-    with removed_if_left_empty(args.out):
+    with removed_if_left_empty(args.out), claim_folder(args.out):
         return _train_vae(args, command)
 
 

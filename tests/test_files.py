@@ -1,7 +1,11 @@
 """Run files: state files read with ``weights_only=True`` and refused in one line when they are not what they should
-be, and no empty run folder left by a failed start."""
+be, no empty run folder left by a failed start, and one run at a time in a folder."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -51,3 +55,36 @@ def test_a_failed_block_removes_only_the_empty_folders_it_created(tmp_path):
     with _files.removed_if_left_empty(tmp_path / "ok"):  # no error: the folder stays, even empty
         (tmp_path / "ok").mkdir()
     assert (tmp_path / "ok").is_dir()
+
+
+def test_a_claimed_folder_refuses_a_second_run_until_the_first_ends(tmp_path):
+    with _files.claim_folder(tmp_path / "run") as folder:
+        assert folder == tmp_path / "run" and folder.is_dir()
+        with pytest.raises(ValueError) as err:
+            with _files.claim_folder(tmp_path / "run", flag="--out"):
+                raise AssertionError("a second claim must not enter its block")
+        message = str(err.value)
+        assert message.startswith(f"--out: {tmp_path / 'run'} is in use by another run (process {os.getpid()} on ")
+        assert message.endswith("wait for it to end, or choose another --out.") and len(message.splitlines()) == 1
+    with _files.claim_folder(tmp_path / "run"):  # free again once the block is over
+        pass
+    assert list((tmp_path / "run").iterdir()) == []  # and the lock file is gone
+
+
+def test_a_killed_holder_leaves_no_stale_claim(tmp_path):
+    code = "import os, sys\nfrom idaa_transforms import _files\nwith _files.claim_folder(sys.argv[1]):\n    os._exit(9)"
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, timeout=120)
+    assert done.returncode == 9, done.stderr
+    assert (tmp_path / "run" / _files.LOCK_FILE).is_file()  # a kill leaves the file...
+    with _files.claim_folder(tmp_path / "run"):  # ...but not the lock
+        pass
+
+
+def test_a_file_cannot_be_claimed(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="--vae-out: .*a-file is a file, not a folder"):
+        with _files.claim_folder(tmp_path / "a-file", flag="--vae-out"):
+            pass
+    with pytest.raises(ValueError, match="--out: cannot write to .*a-file/run"):
+        with _files.claim_folder(tmp_path / "a-file" / "run"):
+            pass

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from idaa_transforms import IdentityVAE, VAEConfig
+from idaa_transforms._files import claim_folder
 from idaa_transforms.train_vae import (baseline_metrics, build_parser, colour_ratio, main, reconstruction_metrics,
                                        train_vae, vae_training_views)
 
@@ -261,6 +262,13 @@ def test_bad_runs_exit_with_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "vae").exists()  # a run that failed to start leaves no empty --out
+
+
+def test_an_out_another_run_holds_is_a_one_line_error(tmp_path, capsys):
+    with claim_folder(tmp_path / "vae"), pytest.raises(SystemExit) as exit_:
+        main([*TINY, "--epochs", "1", "--out", str(tmp_path / "vae")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--out: " in err and "is in use by another run" in err and err.count("\n") == 1
 
 
 def test_out_that_is_a_file_is_a_clear_error(tmp_path):

@@ -153,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                      "--longer-baselines joins it to a comparison).")
     try:
         base = config_from_args(args, arch=arch, device=device, out=args.out)
-        with _files.removed_if_left_empty(args.out), _files.removed_if_left_empty(args.report_dir or args.out):
+        with (_files.removed_if_left_empty(args.out), _files.removed_if_left_empty(args.report_dir or args.out),
+              _files.claim_folder(args.out)):
             return _compare(args, argv, base, variants, longer)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         parser.exit(2, f"{parser.prog}: error: {_cli.named_by_flags(str(err), TRAIN_FIELDS)}\n")

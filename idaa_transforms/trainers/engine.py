@@ -282,8 +282,14 @@ def train(cfg: TrainConfig, *, deadline: float | None = None) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, env: D.DistEnv, start: float, deadline: float | None) -> TrainResult:
-    """:func:`train` in its process group."""
-    out, ckpt = _start(cfg, env)
+    """:func:`train` in its process group, holding ``cfg.out`` (rank 0) from start to end."""
+    with contextlib.ExitStack() as claim:
+        return _train_claimed(cfg, env, start, deadline, claim)
+
+
+def _train_claimed(cfg: TrainConfig, env: D.DistEnv, start: float, deadline: float | None,
+                   claim: contextlib.ExitStack) -> TrainResult:
+    out, ckpt = _start(cfg, env, claim)
     data = _load_data(cfg, env)
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
     parts = _build(cfg, env, data.train_x.shape[0])
@@ -349,11 +355,13 @@ def _on_main(env: D.DistEnv, job):
     return value
 
 
-def _start(cfg: TrainConfig, env: D.DistEnv) -> tuple[Path, dict[str, Any] | None]:
-    """Prepare ``cfg.out`` (refusing to start afresh over another run) and read the checkpoint to resume from."""
+def _start(cfg: TrainConfig, env: D.DistEnv, claim: contextlib.ExitStack) -> tuple[Path, dict[str, Any] | None]:
+    """Claim ``cfg.out`` into ``claim`` (refusing a folder another run holds, or one it would start afresh over) and
+    read the checkpoint to resume from."""
     out = Path(cfg.out)
 
     def prepare() -> None:
+        claim.enter_context(_files.claim_folder(out))
         _files.prepare_run_dir(out, resume=cfg.resume, overwrite=cfg.overwrite, markers=RUN_FILES)
 
     _on_main(env, prepare)

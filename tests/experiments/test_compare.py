@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from idaa_transforms import _files
 from idaa_transforms.experiments import compare
 from idaa_transforms.experiments.schedule import VARIANTS
 
@@ -48,6 +49,15 @@ def test_bad_arguments_are_one_line_errors(argv, match, capsys):
     with pytest.raises(SystemExit):
         compare.main(argv)
     assert match in capsys.readouterr().err
+
+
+def test_an_out_another_call_holds_is_a_one_line_error(tmp_path, capsys):
+    with _files.claim_folder(tmp_path / "runs"):
+        with pytest.raises(SystemExit) as exit_:
+            compare.main([*TINY, "--variants", "baseline", "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "is in use by another run" in err and err.count("\n") == 1
+    assert list((tmp_path / "runs").iterdir()) == []  # nothing trained, no call on record
 
 
 def test_compare_end_to_end(tmp_path, capsys, monkeypatch):

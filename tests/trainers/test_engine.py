@@ -208,6 +208,16 @@ def test_out_that_cannot_hold_a_run_is_a_clear_error(tmp_path, where):
         train(tiny(out, idaa=False))
 
 
+def test_a_folder_another_run_holds_is_refused_untouched(tmp_path):
+    train(tiny(tmp_path, idaa=False, epochs=2, stop_after=1))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with _files.claim_folder(tmp_path):  # another process training this run
+        with pytest.raises(ValueError, match="--out: .* is in use by another run .*choose another --out"):
+            train(tiny(tmp_path, idaa=False, epochs=2, resume=True))
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != ".lock"} == before
+    assert train(tiny(tmp_path, idaa=False, epochs=2, resume=True)).finished
+
+
 def test_batch_larger_than_the_data_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="batch_size: 128 is larger than the training set"):
         train(tiny(tmp_path, idaa=False, batch_size=128))
