@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import io
 import json
 import os
@@ -200,32 +201,19 @@ def claim_folder(folder: str | Path, *, flag: str = "--out") -> Iterator[Path]:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{flag}: {folder} is a file, not a folder; give a folder for the run's outputs.")
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield folder
-        return
     path = folder / LOCK_FILE
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                holder = path.read_text(errors="replace").strip() if path.is_file() else ""
-                raise ValueError(f"{flag}: {folder} is in use by another run ({holder or 'a process'}); wait for it to "
-                                 f"end, or choose another {flag}.") from None
-            try:  # the holder before us may have removed the file we opened: lock the one at the path
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
+        fd = _locked(path)
     except OSError as err:
         raise ValueError(f"{flag}: cannot write to {folder} ({err.strerror}); choose a writable folder.") from None
+    if fd is _HELD:
+        holder = path.read_text(errors="replace").strip() if path.is_file() else ""
+        raise ValueError(f"{flag}: {folder} is in use by another run ({holder or 'a process'}); wait for it to end, "
+                         f"or choose another {flag}.")
+    if fd is _UNLOCKED:
+        yield folder
+        return
     try:
         since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         os.ftruncate(fd, 0)
@@ -233,6 +221,37 @@ def claim_folder(folder: str | Path, *, flag: str = "--out") -> Iterator[Path]:
         yield folder
     finally:
         path.unlink(missing_ok=True)  # before the lock goes: a process that opens it later makes a new one
+        os.close(fd)
+
+
+_HELD, _UNLOCKED = -1, -2  # what :func:`_locked` returns instead of a descriptor
+
+
+def _locked(path: Path) -> int:
+    """A descriptor of ``path`` (created if needed) under this process's exclusive lock; ``_HELD`` when another
+    process holds it, ``_UNLOCKED`` where the system or file system cannot lock (with a warning)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return _UNLOCKED
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if isinstance(err, BlockingIOError):
+                return _HELD
+            if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP):
+                warnings.warn(f"{path.parent}: this file system cannot lock files ({err.strerror}); nothing stops a "
+                              f"second run from writing to the same folder.", stacklevel=3)
+                return _UNLOCKED
+            raise
+        try:  # the holder before us may have removed the file we opened: only the one at the path counts
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
         os.close(fd)
 
 

@@ -3,6 +3,7 @@ be, no empty run folder left by a failed start, and one run at a time in a folde
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -88,3 +89,15 @@ def test_a_file_cannot_be_claimed(tmp_path):
     with pytest.raises(ValueError, match="--out: cannot write to .*a-file/run"):
         with _files.claim_folder(tmp_path / "a-file" / "run"):
             pass
+
+
+def test_a_file_system_that_cannot_lock_runs_unlocked_with_a_warning(tmp_path, monkeypatch):
+    fcntl = pytest.importorskip("fcntl")
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="cannot lock files .*nothing stops a second run"):
+        with _files.claim_folder(tmp_path / "run") as folder:
+            assert folder.is_dir()
