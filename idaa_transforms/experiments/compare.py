@@ -111,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "with it: equal time where a variant's epoch costs R baseline epochs, whatever this "
                         "machine's timing (e.g. 1.5 2 3)")
     g.add_argument("--max-minutes", type=_cli.positive_float, default=None, metavar="MINUTES",
-                   help=_cli.MAX_MINUTES_HELP + "; after the limit no new run starts")
+                   help="stop at this many minutes of this call: a run stops between epochs, with a checkpoint, "
+                        "when its next epoch (as long as the longest so far) would end past the limit, and no run "
+                        "starts whose first epoch (as long as its variant's finished ones) would; the final "
+                        "evaluation comes on top; the same command with --resume continues")
     g.add_argument("--resume", dest="resume_runs", action="store_true",
                    help="continue runs that an earlier call left unfinished")
     g.add_argument("--whole-runs", action="store_true",
