@@ -113,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-minutes", type=_cli.positive_float, default=None, metavar="MINUTES",
                    help="stop at this many minutes of this call: a run stops between epochs, with a checkpoint, "
                         "when its next epoch (as long as the longest so far) would end past the limit, and no run "
-                        "starts whose first epoch (as long as its variant's finished ones) would; the final "
-                        "evaluation comes on top; the same command with --resume continues")
+                        "starts whose first epoch (as long as its variant's finished ones) would, except the call's "
+                        "first, which always trains an epoch; the final evaluation comes on top; the same command "
+                        "with --resume continues")
     g.add_argument("--resume", dest="resume_runs", action="store_true",
                    help="continue runs that an earlier call left unfinished")
     g.add_argument("--whole-runs", action="store_true",

@@ -164,8 +164,9 @@ class Scheduler:
         out: the folder of the runs.
         pixel_eps: the calibrated step of the ``pixel_fgsm`` variant.
         resume: continue runs that an earlier invocation left unfinished (without it they are refused).
-        deadline: a ``time.time()`` after which no run starts and a running one stops between epochs; a run whose
-            first epoch would end past it, as the finished runs of its variant say, is not started either.
+        deadline: a ``time.time()`` by which to stop: a running run stops between epochs, and no run starts after
+            it, nor one whose first epoch would end past it as the finished runs of its variant say, except the
+            call's first (see :meth:`_may_start`).
         whole_runs: start a new run only if it is expected to finish before ``deadline`` (see
             :meth:`expected_seconds`), for a machine that is given back at the deadline, where an unfinished run
             would be lost; a run without an estimate (the first of its variant) is started.
@@ -178,6 +179,8 @@ class Scheduler:
     deadline: float | None = None
     whole_runs: bool = False
     records: list[RunRecord] = field(default_factory=list)
+    #: Whether this call has trained (an epoch of) a run yet.
+    trained: bool = False
     not_started: list[str] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
 
@@ -200,11 +203,8 @@ class Scheduler:
         if (folder / RESULTS).is_file():
             result = _finished_run(folder, cfg)
             return self._keep(RunRecord.from_result(spec, folder, result, None))
-        if self.time_is_up:
-            self.not_started.append(spec.name)
-            return None
         started = any((folder / name).exists() for name in RUN_FILES)  # killed before its first checkpoint too
-        if self._would_overrun(spec, whole=self.whole_runs and not started):
+        if not self._may_start(spec, started):
             self.not_started.append(spec.name)
             return None
         if started and not self.resume:
@@ -212,6 +212,7 @@ class Scheduler:
                              f"--out.")
         tic = time.perf_counter()
         result = train(dataclasses.replace(cfg, resume=started), deadline=self.deadline)
+        self.trained = True
         if not result.finished:
             self.unfinished.append(f"{spec.name} ({result.stopped_after} of {spec.epochs} epochs)")
             return None
@@ -243,17 +244,22 @@ class Scheduler:
         self.records.append(record)
         return record
 
-    def _would_overrun(self, spec: RunSpec, *, whole: bool) -> bool:
-        """Whether ``spec``, started now, would end past the deadline: all of it (``whole``), or its first epoch (the
-        trainer stops a run between epochs, but only once it has timed one), as its variant's finished runs say."""
-        if self.deadline is None:
+    def _may_start(self, spec: RunSpec, started: bool) -> bool:
+        """Whether to start (or continue) ``spec`` now. Without ``whole_runs`` the first run a call trains always
+        starts, as the trainer always runs its first epoch, so that every call makes progress; after it, a run starts
+        only if its first epoch, as long as its variant's finished epochs, ends before the deadline (the trainer stops
+        a run between epochs, but only once it has timed one). With ``whole_runs`` nothing starts after the deadline,
+        and a run not started yet only if all of it fits (:meth:`expected_seconds`)."""
+        if self.deadline is None or (not self.whole_runs and not self.trained):
+            return True
+        if self.time_is_up:
             return False
-        if whole:
+        if self.whole_runs and not started:
             expected = self.expected_seconds(spec)
         else:
             seconds = self.epoch_seconds(spec.variant)
             expected = statistics.median(seconds) if seconds else None
-        return expected is not None and time.time() + expected > self.deadline
+        return expected is None or time.time() + expected <= self.deadline
 
     def expected_seconds(self, spec: RunSpec) -> float | None:
         """How long ``spec`` should take, from the finished runs of its variant: the median epoch times ``spec.epochs``,

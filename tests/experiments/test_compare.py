@@ -105,17 +105,19 @@ def test_compare_end_to_end(tmp_path, capsys, monkeypatch):
 
 
 def test_max_minutes_then_resume_accumulates_in_one_report(tmp_path, capsys, monkeypatch):
-    argv = [*TINY, "--variants", "baseline", "--no-equal-time", "--no-anchors", "--out", str(tmp_path)]
-    with monkeypatch.context() as patch:  # time is up before the first run starts
+    argv = [*TINY, "--epochs", "2", "--variants", "baseline", "--no-equal-time", "--no-anchors", "--out",
+            str(tmp_path)]
+    with monkeypatch.context() as patch:  # time is up before the first run starts: it trains one epoch, no more
         patch.setattr(compare._cli, "deadline_after", lambda minutes, start=None: time.time() - 1)
         stopped = compare.main([*argv, "--max-minutes", "0.0001"])
-    assert stopped["not_started"] == ["baseline-e1-s0", "baseline-e1-s1"] and stopped["runs"] == []
+    assert stopped["unfinished"] == ["baseline-e2-s0 (1 of 2 epochs)"] and stopped["runs"] == []
+    assert stopped["not_started"] == ["baseline-e2-s1"]
     assert "not started" in (tmp_path / "report.md").read_text()
     assert "2 run(s) left for --resume" in capsys.readouterr().out
     finished = compare.main([*argv, "--resume"])
     assert [r["seed"] for r in finished["runs"]] == [0, 1] and not finished["not_started"]
     text = (tmp_path / "report.md").read_text()
-    assert "| baseline (two views) | 1 | 2 |" in text
+    assert "| baseline (two views) | 2 | 2 |" in text
     # Both calls are on record: the report names the earlier one, the JSON lines keep both.
     assert "earlier calls that wrote this report, oldest first (1):" in text and "--max-minutes 0.0001" in text
     calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]

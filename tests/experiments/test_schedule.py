@@ -68,8 +68,11 @@ def test_scheduler_stops_at_its_deadline_and_resumes(tmp_path):
     assert stopped.run(spec) is None  # the first epoch ran; the second would end past the deadline
     assert stopped.unfinished == ["baseline-e2-s0 (1 of 2 epochs)"]
     assert (tmp_path / "baseline-e2-s0" / "checkpoint.pt").is_file()
+    # Past its deadline a call still trains one epoch of its first run, as the trainer does, so every call makes
+    # progress; no later run starts.
     late = Scheduler(tiny_base(), tmp_path, deadline=time.time() - 1)
-    assert late.run(RunSpec("baseline", 1, 2)) is None and late.not_started == ["baseline-e2-s1"]
+    assert late.run(RunSpec("baseline", 1, 2)) is None and late.unfinished == ["baseline-e2-s1 (1 of 2 epochs)"]
+    assert late.run(RunSpec("baseline", 2, 2)) is None and late.not_started == ["baseline-e2-s2"]
     with pytest.raises(ValueError, match="unfinished run; pass --resume"):
         Scheduler(tiny_base(), tmp_path).run(spec)
     record = Scheduler(tiny_base(), tmp_path, resume=True).run(spec)
@@ -102,12 +105,14 @@ def test_whole_runs_starts_only_what_its_variant_says_will_finish(tmp_path):
     assert later.run(RunSpec("idaa", 1, 1)) is not None  # no estimate for its variant: started
 
 
-def test_a_run_whose_first_epoch_would_end_past_the_deadline_is_not_started(tmp_path, monkeypatch):
+def test_after_the_first_run_a_run_whose_first_epoch_would_end_past_the_deadline_is_not_started(tmp_path,
+                                                                                                 monkeypatch):
     scheduler = Scheduler(tiny_base(), tmp_path, deadline=time.time() + 60)
     monkeypatch.setattr(scheduler, "epoch_seconds", lambda variant, epochs=None: [120.0] if variant == "idaa" else [])
+    assert scheduler.run(RunSpec("baseline", 0, 1)) is not None  # the call's first run
     assert scheduler.run(RunSpec("idaa", 0, 1)) is None and scheduler.not_started == ["idaa-e1-s0"]
     assert not (tmp_path / "idaa-e1-s0").exists()
-    assert scheduler.run(RunSpec("baseline", 0, 1)) is not None  # no estimate for its variant: started
+    assert scheduler.run(RunSpec("baseline", 1, 1)) is not None  # no estimate for its variant: started
     scheduler.deadline = time.time() + 600  # one 120-second epoch fits now
     assert scheduler.run(RunSpec("idaa", 0, 1)) is not None
 
