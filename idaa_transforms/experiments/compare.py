@@ -240,6 +240,9 @@ def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, varia
     data = write()
     left = len(scheduler.not_started) + len(scheduler.unfinished)
     status = f"; {left} run(s) left for --resume" if left else ""
+    if args.whole_runs and scheduler.not_started and not scheduler.trained:
+        print(f"--whole-runs: no run fitted in --max-minutes {args.max_minutes:g}, so this call trained nothing; give "
+              f"it more minutes, or drop --whole-runs to train the runs in parts.", file=sys.stderr, flush=True)
     print(f"report: {report_dir / 'report.md'} ({(time.time() - start) / 60:.1f} min{status})", flush=True)
     return data
 

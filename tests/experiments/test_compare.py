@@ -104,6 +104,14 @@ def test_compare_end_to_end(tmp_path, capsys, monkeypatch):
     assert len(calls) == 2 and "--eps" not in calls[-1]  # the refused calls wrote no report, so are not on record
 
 
+def test_whole_runs_that_fit_in_no_call_say_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(compare._cli, "deadline_after", lambda minutes, start=None: time.time() - 1)
+    data = compare.main([*TINY, "--variants", "baseline", "--no-equal-time", "--no-anchors", "--whole-runs",
+                         "--max-minutes", "1", "--out", str(tmp_path)])
+    assert data["not_started"] == ["baseline-e1-s0", "baseline-e1-s1"] and data["runs"] == []
+    assert "--whole-runs: no run fitted in --max-minutes 1, so this call trained nothing" in capsys.readouterr().err
+
+
 def test_max_minutes_then_resume_accumulates_in_one_report(tmp_path, capsys, monkeypatch):
     argv = [*TINY, "--epochs", "2", "--variants", "baseline", "--no-equal-time", "--no-anchors", "--out",
             str(tmp_path)]
