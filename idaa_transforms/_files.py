@@ -15,6 +15,7 @@ import io
 import json
 import os
 import pickle
+import re
 import socket
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -32,6 +33,7 @@ __all__ = [
     "load_torch_state",
     "read_jsonl",
     "prepare_run_dir",
+    "remove_previous_run",
     "claim_folder",
     "changed_settings",
 ]
@@ -144,7 +146,9 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, markers: 
     Args:
         out: the run folder.
         resume: the run continues what is there, so existing files are expected.
-        overwrite: the user asked to replace a previous run (its ``markers`` are deleted first).
+        overwrite: the user asked to replace a previous run. Its files stay until :func:`remove_previous_run`,
+            which the run calls once it has read its data and built its models, so that a run refused at start-up
+            (a mistyped flag, missing data) replaces nothing.
         markers: the file names a run writes; any of them present means a previous run lives in ``out``.
 
     Raises:
@@ -154,12 +158,9 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, markers: 
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out: {out} is a file, not a folder; give a folder for the run's outputs.")
     found = [name for name in markers if (out / name).exists()]
-    if found and not resume:
-        if not overwrite:
-            raise ValueError(f"--out: {out} already holds a run ({', '.join(found)}); pass --resume to continue "
-                             f"it, --overwrite to replace it, or choose another --out.")
-        for name in found:
-            (out / name).unlink()
+    if found and not resume and not overwrite:
+        raise ValueError(f"--out: {out} already holds a run ({', '.join(found)}); pass --resume to continue it, "
+                         f"--overwrite to replace it, or choose another --out.")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test.{os.getpid()}"
@@ -170,8 +171,17 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, markers: 
     return out
 
 
+def remove_previous_run(out: str | Path, markers: Iterable[str]) -> None:
+    """Delete the files ``markers`` of a previous run in ``out`` (``--overwrite``), just before the new run writes
+    its first file."""
+    for name in markers:
+        (Path(out) / name).unlink(missing_ok=True)
+
+
 #: The file whose lock marks a folder as claimed (:func:`claim_folder`); it names the process that holds it.
 LOCK_FILE = ".lock"
+#: The names :func:`atomic_write_bytes` gives its temporary files.
+_TMP_NAME = re.compile(r"\..+\.\d+\.tmp")
 
 
 @contextlib.contextmanager
@@ -195,6 +205,8 @@ def claim_folder(folder: str | Path, *, flag: str = "--out") -> Iterator[Path]:
         >>> sorted(p.name for p in (root / "run").iterdir())  # the lock file goes with the claim
         []
 
+    Once held, the folder's leftover temporary files of a killed writer (:func:`atomic_write_bytes`) are removed.
+
     Raises:
         ValueError: another process holds ``folder``, or it is a file or cannot be written.
     """
@@ -215,6 +227,9 @@ def claim_folder(folder: str | Path, *, flag: str = "--out") -> Iterator[Path]:
         yield folder
         return
     try:
+        for leftover in folder.glob(".*.tmp"):  # a killed writer's (see atomic_write_bytes): nobody else writes here
+            if _TMP_NAME.fullmatch(leftover.name):
+                leftover.unlink(missing_ok=True)
         since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         os.ftruncate(fd, 0)
         os.write(fd, f"process {os.getpid()} on {socket.gethostname()}, since {since}\n".encode())

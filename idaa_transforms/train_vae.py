@@ -40,7 +40,8 @@ from idaa_transforms._cli import (MAX_MINUTES_HELP, STOP_AFTER_HELP, ArgumentPar
                                   named_by_flags, next_epoch_would_overrun, non_negative_float, positive_float,
                                   positive_int)
 from idaa_transforms._files import (atomic_torch_save, atomic_write_jsonl, atomic_write_text, changed_settings,
-                                    claim_folder, load_torch_state, prepare_run_dir, removed_if_left_empty)
+                                    claim_folder, load_torch_state, prepare_run_dir, remove_previous_run,
+                                    removed_if_left_empty)
 from idaa_transforms._grids import decomposition_rows, save_image_rows
 from idaa_transforms._hub import write_model_card
 from idaa_transforms._rng import rng_state, set_rng_state
@@ -425,6 +426,8 @@ def _train_vae(args: argparse.Namespace, command: str | None) -> Path:
     mean, std = _normalisation(config, device)
     views = vae_training_views(args.image_size, args.augment)
     command = command or "python -m idaa_transforms.train_vae " + shlex.join(sys.argv[1:])
+    if args.overwrite:  # only now, so that a run refused at start-up replaces nothing
+        remove_previous_run(out, RUN_FILES)
     # The metrics file is the checkpoint's copy: epochs logged after the last checkpoint are run (and logged) again.
     atomic_write_jsonl(out / METRICS, rows)
     last_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)

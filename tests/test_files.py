@@ -101,3 +101,13 @@ def test_a_file_system_that_cannot_lock_runs_unlocked_with_a_warning(tmp_path, m
     with pytest.warns(UserWarning, match="cannot lock files .*nothing stops a second run"):
         with _files.claim_folder(tmp_path / "run") as folder:
             assert folder.is_dir()
+
+
+def test_a_claim_removes_a_killed_writers_temporary_files(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / ".checkpoint.pt.12345.tmp").write_bytes(b"half a checkpoint")
+    (folder / "notes.tmp").write_text("the user's")  # not a name atomic_write_bytes gives
+    _files.atomic_write_text(folder / "metrics.jsonl", "{}\n")
+    with _files.claim_folder(folder):
+        assert sorted(p.name for p in folder.iterdir()) == [".lock", "metrics.jsonl", "notes.tmp"]

@@ -156,6 +156,9 @@ def test_a_finished_run_is_never_replaced_without_overwrite(tmp_path):
     with pytest.raises(ValueError, match="already holds a run.*--resume.*--overwrite"):
         run([*TINY, "--epochs", "1", "--seed", "2", "--out", str(out)])
     assert (out / "model.safetensors").read_bytes() == before and epochs_logged(out) == [1]
+    with pytest.raises(ValueError, match="--batch-size: 100000 is larger"):  # refused at start-up: nothing replaced
+        run([*TINY, "--epochs", "1", "--batch-size", "100000", "--out", str(out), "--overwrite"])
+    assert (out / "model.safetensors").read_bytes() == before and epochs_logged(out) == [1]
     run([*TINY, "--epochs", "1", "--seed", "2", "--out", str(out), "--overwrite"])
     assert (out / "model.safetensors").read_bytes() != before
 

@@ -294,6 +294,8 @@ def _train_claimed(cfg: TrainConfig, env: D.DistEnv, start: float, deadline: flo
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
     parts = _build(cfg, env, data.train_x.shape[0])
     start_epoch, metrics = _restore(cfg, env, parts, ckpt)
+    if cfg.overwrite and env.is_main:  # only now, so that a run refused at start-up replaces nothing
+        _files.remove_previous_run(out, RUN_FILES)
     grid_x = to_float_images(data.test_x[torch.linspace(0, data.test_x.shape[0] - 1, 8).long().to(env.device)])
     last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
     limits = [t for t in (deadline, _cli.deadline_after(cfg.max_minutes, start)) if t is not None]

@@ -196,6 +196,9 @@ def test_a_fresh_run_over_a_finished_one_is_refused_unless_overwrite(tmp_path):
     with pytest.raises(ValueError, match="already holds a run .*--resume.*--overwrite"):
         train(tiny(tmp_path, idaa=False, seed=1))
     assert (tmp_path / "results.json").read_bytes() == results
+    with pytest.raises(ValueError, match="batch_size: 128 is larger"):  # refused at start-up: nothing is replaced
+        train(tiny(tmp_path, idaa=False, seed=1, overwrite=True, batch_size=128))
+    assert (tmp_path / "results.json").read_bytes() == results and (tmp_path / "checkpoint.pt").is_file()
     again = train(tiny(tmp_path, idaa=False, seed=1, overwrite=True))
     assert read_run(tmp_path).config["seed"] == 1 and again.metrics != first.metrics
 
