@@ -1,5 +1,6 @@
 """What the command-line programs share: the help formatter, argument types that reject bad values up front, and
-the two ways a long run stops early (``--stop-after`` epochs, ``--max-minutes``) with their one meaning."""
+the two ways a long run stops early (``--stop-after`` epochs, ``--max-minutes``) with their one meaning, and the one
+line a run stopped by Ctrl-C prints."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import math
 import re
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
 __all__ = ["ArgumentParser", "HelpFormatter", "DEVICE_TYPES", "device_name", "positive_int", "non_negative_int",
            "positive_float", "non_negative_float", "finite_float", "STOP_AFTER_HELP", "MAX_MINUTES_HELP",
-           "deadline_after", "next_epoch_would_overrun", "named_by_flags"]
+           "deadline_after", "next_epoch_would_overrun", "named_by_flags", "INTERRUPTED_STATUS", "interrupted"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -143,6 +145,20 @@ def next_epoch_would_overrun(deadline: float | None, epoch_seconds: float) -> bo
         (False, False)
     """
     return deadline is not None and time.time() + epoch_seconds > deadline
+
+
+#: The exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it).
+INTERRUPTED_STATUS = 130
+
+
+def interrupted(prog: str, out: str | Path) -> str:
+    """The one line a command prints when Ctrl-C stops it (instead of a traceback).
+
+    Example:
+        >>> print(interrupted("idaa-train", "runs/a"), end="")
+        idaa-train: interrupted; the same command with --resume continues from the last checkpoint in runs/a
+    """
+    return f"{prog}: interrupted; the same command with --resume continues from the last checkpoint in {out}\n"
 
 
 def named_by_flags(message: str, names: Iterable[str]) -> str:

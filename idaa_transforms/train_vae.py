@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from idaa_transforms._cli import (MAX_MINUTES_HELP, STOP_AFTER_HELP, ArgumentParser, deadline_after, device_name,
-                                  named_by_flags, next_epoch_would_overrun, non_negative_float, positive_float,
-                                  positive_int)
+from idaa_transforms._cli import (INTERRUPTED_STATUS, MAX_MINUTES_HELP, STOP_AFTER_HELP, ArgumentParser,
+                                  deadline_after, device_name, interrupted, named_by_flags, next_epoch_would_overrun,
+                                  non_negative_float, positive_float, positive_int)
 from idaa_transforms._files import (atomic_torch_save, atomic_write_jsonl, atomic_write_text, changed_settings,
                                     claim_folder, load_torch_state, prepare_run_dir, remove_previous_run,
                                     removed_if_left_empty)
@@ -498,6 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = train_vae(args, command="idaa-train-vae " + shlex.join(sys.argv[1:] if argv is None else argv))
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
+    except KeyboardInterrupt:
+        parser.exit(INTERRUPTED_STATUS, interrupted(parser.prog, args.out))
     print(f"checkpoint written to {out}")
     return 0
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+import idaa_transforms.train_vae as train_vae_module
 from idaa_transforms import IdentityVAE, VAEConfig
 from idaa_transforms._files import claim_folder
 from idaa_transforms.train_vae import (baseline_metrics, build_parser, colour_ratio, main, reconstruction_metrics,
@@ -272,6 +273,18 @@ def test_an_out_another_run_holds_is_a_one_line_error(tmp_path, capsys):
         main([*TINY, "--epochs", "1", "--out", str(tmp_path / "vae")])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "--out: " in err and "is in use by another run" in err and err.count("\n") == 1
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_vae_module, "_train_vae", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        main([*TINY, "--epochs", "1", "--out", str(tmp_path / "vae")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 130 and err.count("\n") == 1 and "interrupted; the same command with --resume" in err
+    assert not (tmp_path / "vae").exists()  # nothing was written: no empty --out left
 
 
 def test_out_that_is_a_file_is_a_clear_error(tmp_path):

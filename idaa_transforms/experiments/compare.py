@@ -162,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             return _compare(args, argv, base, variants, longer)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         parser.exit(2, f"{parser.prog}: error: {_cli.named_by_flags(str(err), TRAIN_FIELDS)}\n")
+    except KeyboardInterrupt:
+        parser.exit(_cli.INTERRUPTED_STATUS, _cli.interrupted(parser.prog, args.out))
 
 
 def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, variants: list[str],

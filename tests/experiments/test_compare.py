@@ -60,6 +60,19 @@ def test_an_out_another_call_holds_is_a_one_line_error(tmp_path, capsys):
     assert list((tmp_path / "runs").iterdir()) == []  # nothing trained, no call on record
 
 
+def test_ctrl_c_is_one_line_that_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare, "_compare", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        compare.main([*TINY, "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 130 and err.count("\n") == 1
+    assert err.endswith(f": interrupted; the same command with --resume continues from the last checkpoint in "
+                        f"{tmp_path / 'runs'}\n")
+
+
 def test_compare_end_to_end(tmp_path, capsys, monkeypatch):
     argv = [*TINY, "--out", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report")]
     data = compare.main(argv)

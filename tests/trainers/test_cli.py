@@ -105,3 +105,28 @@ def test_a_bad_command_line_is_one_line_not_the_usage_block(capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and "usage:" not in err
     assert "--lr: expected a finite number > 0, got 'abc' (see --help)" in err
+
+
+def test_ctrl_c_ends_a_run_with_one_line_that_says_how_to_continue(tmp_path):
+    """A real SIGINT to a training process: status 130 and one line, no traceback."""
+    import signal
+    import time
+
+    argv = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_RUN.items() if k not in ("no_progress", "epochs")]
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "idaa_transforms.trainers", *argv, "--no-progress", "--no-idaa", "--epochs",
+               "1000", "--save-every", "1", "--out", str(out)]
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoint.pt").is_file() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert err.count("\n") == 1 and err.endswith(
+        f": interrupted; the same command with --resume continues from the last checkpoint in {out}\n")
