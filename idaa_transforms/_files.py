@@ -31,6 +31,7 @@ __all__ = [
     "atomic_write_jsonl",
     "atomic_torch_save",
     "load_torch_state",
+    "read_json",
     "read_jsonl",
     "prepare_run_dir",
     "remove_previous_run",
@@ -138,6 +139,20 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 break
             raise ValueError(f"{path}: line {number} is not valid JSON; the file is damaged.") from None
     return rows
+
+
+def read_json(path: str | Path, *, advice: str) -> Any:
+    """The JSON value in ``path``.
+
+    Raises:
+        ValueError: the file is not valid JSON (cut off, emptied); the message names it and ends with ``advice``.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        reason = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8 text"
+        raise ValueError(f"{path} is damaged ({reason}); {advice}.") from None
 
 
 def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, markers: Iterable[str]) -> Path:

@@ -277,7 +277,7 @@ def _calibration(base: TrainConfig, images: int, out: Path, report_dir: Path, wi
     path, views, wanted = out / CALIBRATION, out / VIEWS, settings_of(base, images)
     calibration = None
     if path.is_file():
-        calibration = Calibration.from_dict(json.loads(path.read_text()))
+        calibration = Calibration.from_dict(_files.read_json(path, advice="delete it to calibrate again"))
         if json.loads(json.dumps(calibration.settings)) != json.loads(json.dumps(wanted)):
             raise ValueError(f"{path} was made with other settings ({calibration.settings}, now {wanted}); use "
                              f"another --out, or delete the file to calibrate again.")
@@ -288,7 +288,10 @@ def _calibration(base: TrainConfig, images: int, out: Path, report_dir: Path, wi
             calibration = measured
             _files.atomic_write_json(path, calibration.to_dict())
     else:
-        rows = safetensors.torch.load_file(str(views))
+        try:
+            rows = safetensors.torch.load_file(str(views))
+        except safetensors.SafetensorError as err:
+            raise ValueError(f"{views} is damaged ({err}); delete it to draw the views again.") from None
     write_views_grid(rows, report_dir / "views_grid.png", calibration.pixel_eps, with_fgsm=with_fgsm)
     return calibration
 
@@ -299,7 +302,7 @@ def _random_init_knn(base: TrainConfig, out: Path) -> float:
     wanted = {k: getattr(base, k) for k in ("dataset", "data_dir", "subset", "crops_per_photo", "image_size", "arch",
                                             "knn_k", "knn_temperature")}
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = _files.read_json(path, advice="delete it to measure again")
         if saved.get("settings") == wanted:
             return saved["random_init_knn"]
     value = random_init_knn(base)

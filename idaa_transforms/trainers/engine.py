@@ -120,11 +120,13 @@ def read_run(folder: str | Path) -> TrainResult:
 
     Raises:
         FileNotFoundError: the folder holds no finished run.
+        ValueError: its ``results.json`` is damaged.
     """
     folder = Path(folder)
     if not (folder / RESULTS).is_file():
         raise FileNotFoundError(f"{folder} holds no finished run ({RESULTS} is missing).")
-    saved = json.loads((folder / RESULTS).read_text())
+    saved = _files.read_json(folder / RESULTS, advice="delete it, and the same command with --resume evaluates the "
+                                                      "run again from its checkpoint (or trains it again without one)")
     metrics = [EpochMetrics(**row) for row in _files.read_jsonl(folder / METRICS)]
     return TrainResult(**{k: saved[k] for k in ("knn_acc", "linear_acc", "final_loss", "images_per_s", "epochs",
                                                 "world_size", "device", "config")}, metrics=metrics)

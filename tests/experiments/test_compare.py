@@ -73,6 +73,24 @@ def test_ctrl_c_is_one_line_that_says_how_to_continue(tmp_path, capsys, monkeypa
                         f"{tmp_path / 'runs'}\n")
 
 
+def test_a_damaged_file_in_the_out_folder_is_named_with_what_to_do(tmp_path, capsys):
+    argv = [*TINY[3:], "--seeds", "0", "--variants", "baseline,idaa", "--no-equal-time", "--no-anchors", "--out",
+            str(tmp_path)]
+    compare.main(argv)
+    capsys.readouterr()
+    for name, advice in [("baseline-e1-s0/results.json", "delete it, and the same command with --resume evaluates"),
+                         ("calibration.json", "delete it to calibrate again"),
+                         ("views.safetensors", "delete it to draw the views again")]:
+        kept = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(SystemExit) as exit_:
+            compare.main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1, err
+        assert f"{tmp_path / name} is damaged (" in err and advice in err
+        (tmp_path / name).write_bytes(kept)
+
+
 def test_compare_end_to_end(tmp_path, capsys, monkeypatch):
     argv = [*TINY, "--out", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report")]
     data = compare.main(argv)
