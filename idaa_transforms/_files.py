@@ -109,7 +109,9 @@ def load_torch_state(path: str | Path, map_location: Any = "cpu", *, required: I
             first = "it holds Python objects other than tensors and plain data, which are never unpickled here"
         elif isinstance(err, KeyError):  # torch's legacy reader on arbitrary bytes: the key is a meaningless number
             first = "it is not a file written by torch.save"
-        raise ValueError(f"{path} is not a readable training state ({first[:160]}); "
+        if len(first) > 160:  # torch's messages run long: cut at a word, visibly
+            first = first[:160].rsplit(" ", 1)[0] + " ..."
+        raise ValueError(f"{path} is not a readable training state ({first}); "
                          f"delete it and start again without --resume, or point to another folder.") from None
     lacking = [key for key in required if not isinstance(state, dict) or key not in state]
     if lacking:
