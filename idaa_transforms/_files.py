@@ -157,7 +157,8 @@ def read_json(path: str | Path, *, advice: str) -> Any:
         raise ValueError(f"{path} is damaged ({reason}); {advice}.") from None
 
 
-def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, markers: Iterable[str]) -> Path:
+def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, markers: Iterable[str],
+                    checkpoint: str | None = None) -> Path:
     """Create the run folder ``out``, refusing to start afresh over a previous run's files.
 
     Args:
@@ -167,6 +168,8 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, markers: 
             which the run calls once it has read its data and built its models, so that a run refused at start-up
             (a mistyped flag, missing data) replaces nothing.
         markers: the file names a run writes; any of them present means a previous run lives in ``out``.
+        checkpoint: the marker ``resume`` continues from: a run without it stopped before its first checkpoint,
+            and the message says that ``--resume`` starts it again.
 
     Raises:
         ValueError: ``out`` is a file, or holds a previous run and neither ``resume`` nor ``overwrite`` is set.
@@ -176,6 +179,9 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, markers: 
         raise ValueError(f"--out: {out} is a file, not a folder; give a folder for the run's outputs.")
     found = [name for name in markers if (out / name).exists()]
     if found and not resume and not overwrite:
+        if checkpoint is not None and checkpoint not in found:
+            raise ValueError(f"--out: {out} holds a run that stopped before its first checkpoint ({', '.join(found)}); "
+                             f"pass --resume to start it again, --overwrite to replace it, or choose another --out.")
         raise ValueError(f"--out: {out} already holds a run ({', '.join(found)}); pass --resume to continue it, "
                          f"--overwrite to replace it, or choose another --out.")
     try:

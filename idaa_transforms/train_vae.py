@@ -388,7 +388,8 @@ def _train_vae(args: argparse.Namespace, command: str | None) -> Path:
     device = _device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = prepare_run_dir(args.out, resume=args.resume, overwrite=args.overwrite, markers=RUN_FILES)
+    out = prepare_run_dir(args.out, resume=args.resume, overwrite=args.overwrite, markers=RUN_FILES,
+                          checkpoint=STATE)
     state_path = out / STATE
     state = None
     if args.resume and not state_path.is_file():

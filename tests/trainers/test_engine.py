@@ -211,6 +211,13 @@ def test_out_that_cannot_hold_a_run_is_a_clear_error(tmp_path, where):
         train(tiny(out, idaa=False))
 
 
+def test_a_run_killed_before_its_first_checkpoint_is_refused_with_what_resume_does(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n')  # killed after an epoch's line, before any checkpoint
+    with pytest.raises(ValueError, match="stopped before its first checkpoint .*pass --resume to start it again"):
+        train(tiny(tmp_path, idaa=False))
+    assert train(tiny(tmp_path, idaa=False, resume=True)).finished
+
+
 def test_a_folder_another_run_holds_is_refused_untouched(tmp_path):
     train(tiny(tmp_path, idaa=False, epochs=2, stop_after=1))
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
