@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,16 +111,16 @@ def test_a_bad_command_line_is_one_line_not_the_usage_block(capsys):
 
 def test_ctrl_c_ends_a_run_with_one_line_that_says_how_to_continue(tmp_path):
     """A real SIGINT to a training process: status 130 and one line, no traceback."""
-    import signal
-    import time
-
     argv = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_RUN.items() if k not in ("no_progress", "epochs")]
     out = tmp_path / "run"
     command = [sys.executable, "-m", "idaa_transforms.trainers", *argv, "--no-progress", "--no-idaa", "--epochs",
                "1000", "--save-every", "1", "--out", str(out)]
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    # A shell's background job (CI's, for one) ignores SIGINT, and Python keeps an ignored SIGINT ignored: the child
+    # gets the default disposition back, as in a terminal.
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while not (out / "checkpoint.pt").is_file() and time.time() < deadline and proc.poll() is None:
