@@ -175,8 +175,7 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, markers: 
         ValueError: ``out`` is a file, or holds a previous run and neither ``resume`` nor ``overwrite`` is set.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out: {out} is a file, not a folder; give a folder for the run's outputs.")
+    _refuse_a_file(out, "--out")
     found = [name for name in markers if (out / name).exists()]
     if found and not resume and not overwrite:
         if checkpoint is not None and checkpoint not in found:
@@ -192,6 +191,12 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, markers: 
     except OSError as err:
         raise ValueError(f"--out: cannot write to {out} ({err.strerror}); choose a writable folder.") from None
     return out
+
+
+def _refuse_a_file(folder: Path, flag: str) -> None:
+    """Refuse a run folder ``folder`` (given by ``flag``) that is a file."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag}: {folder} is a file, not a folder; give a folder for the run's outputs.")
 
 
 def remove_previous_run(out: str | Path, markers: Iterable[str]) -> None:
@@ -234,8 +239,7 @@ def claim_folder(folder: str | Path, *, flag: str = "--out") -> Iterator[Path]:
         ValueError: another process holds ``folder``, or it is a file or cannot be written.
     """
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{flag}: {folder} is a file, not a folder; give a folder for the run's outputs.")
+    _refuse_a_file(folder, flag)
     path = folder / LOCK_FILE
     try:
         folder.mkdir(parents=True, exist_ok=True)

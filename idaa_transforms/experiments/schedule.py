@@ -254,22 +254,23 @@ class Scheduler:
             return True
         if self.time_is_up:
             return False
-        if self.whole_runs and not started:
-            expected = self.expected_seconds(spec)
-        else:
-            seconds = self.epoch_seconds(spec.variant)
-            expected = statistics.median(seconds) if seconds else None
+        expected = self.expected_seconds(spec) if self.whole_runs and not started else self._epoch_estimate(spec)
         return expected is None or time.time() + expected <= self.deadline
+
+    def _epoch_estimate(self, spec: RunSpec) -> float | None:
+        """The median epoch of the finished runs of ``spec``'s variant; ``None`` when none has finished yet."""
+        seconds = self.epoch_seconds(spec.variant)
+        return statistics.median(seconds) if seconds else None
 
     def expected_seconds(self, spec: RunSpec) -> float | None:
         """How long ``spec`` should take, from the finished runs of its variant: the median epoch times ``spec.epochs``,
         plus the longest time a run of this call spent outside its epochs (start-up, kNN monitor, final evaluation);
         ``None`` when no run of the variant has finished yet."""
-        seconds = self.epoch_seconds(spec.variant)
-        if not seconds:
+        per_epoch = self._epoch_estimate(spec)
+        if per_epoch is None:
             return None
         overheads = [r.wall_seconds - r.curve[-1].seconds for r in self.records if r.wall_seconds is not None and r.curve]
-        return statistics.median(seconds) * spec.epochs + max(overheads, default=0.0)
+        return per_epoch * spec.epochs + max(overheads, default=0.0)
 
     def epoch_seconds(self, variant: str, epochs: int | None = None) -> list[float]:
         """Training seconds of every epoch of every finished run of ``variant`` (of its ``epochs``-epoch runs only,
