@@ -34,6 +34,7 @@ __all__ = [
     "read_json",
     "read_jsonl",
     "prepare_run_dir",
+    "refuse_other_kind",
     "remove_previous_run",
     "claim_folder",
     "changed_settings",
@@ -157,12 +158,43 @@ def read_json(path: str | Path, *, advice: str) -> Any:
         raise ValueError(f"{path} is damaged ({reason}); {advice}.") from None
 
 
-def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, markers: Iterable[str],
+#: For each kind of run folder, files that only it holds at its top: a tool refuses a folder of another kind (a
+#: trainer pointed at a comparison's ``--out``, say) instead of mixing its files into it.
+SSL_RUN, VAE_RUN, COMPARISON = "an SSL training run", "a VAE", "a comparison"
+FOLDER_KINDS: dict[str, tuple[str, ...]] = {
+    SSL_RUN: ("checkpoint.pt", "results.json"),
+    VAE_RUN: ("trainer_state.pt", "model.safetensors"),
+    COMPARISON: ("calls.jsonl",),
+}
+
+
+def refuse_other_kind(folder: str | Path, kind: str, *, flag: str = "--out") -> None:
+    """Refuse ``folder`` when it holds a run of another kind than ``kind`` (a key of :data:`FOLDER_KINDS`).
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> atomic_write_text(folder / "calls.jsonl", "")
+        >>> refuse_other_kind(folder, COMPARISON)
+        >>> refuse_other_kind(folder, SSL_RUN)
+        Traceback (most recent call last):
+        ...
+        ValueError: --out: ... holds a comparison (calls.jsonl), not an SSL training run; choose another --out.
+    """
+    folder = Path(folder)
+    for other, names in FOLDER_KINDS.items():
+        found = [name for name in names if other != kind and (folder / name).exists()]
+        if found:
+            raise ValueError(f"{flag}: {folder} holds {other} ({', '.join(found)}), not {kind}; choose another {flag}.")
+
+
+def prepare_run_dir(out: str | Path, *, kind: str, resume: bool, overwrite: bool, markers: Iterable[str],
                     checkpoint: str | None = None) -> Path:
     """Create the run folder ``out``, refusing to start afresh over a previous run's files.
 
     Args:
         out: the run folder.
+        kind: what the run is, a key of :data:`FOLDER_KINDS`: a folder holding another kind is refused.
         resume: the run continues what is there, so existing files are expected.
         overwrite: the user asked to replace a previous run. Its files stay until :func:`remove_previous_run`,
             which the run calls once it has read its data and built its models, so that a run refused at start-up
@@ -172,10 +204,12 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, markers: 
             and the message says that ``--resume`` starts it again.
 
     Raises:
-        ValueError: ``out`` is a file, or holds a previous run and neither ``resume`` nor ``overwrite`` is set.
+        ValueError: ``out`` is a file, holds another kind of run, or holds a previous run and neither ``resume``
+            nor ``overwrite`` is set.
     """
     out = Path(out)
     _refuse_a_file(out, "--out")
+    refuse_other_kind(out, kind)
     found = [name for name in markers if (out / name).exists()]
     if found and not resume and not overwrite:
         if checkpoint is not None and checkpoint not in found:

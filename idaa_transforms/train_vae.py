@@ -39,9 +39,9 @@ from tqdm.auto import tqdm
 from idaa_transforms._cli import (INTERRUPTED_STATUS, MAX_MINUTES_HELP, STOP_AFTER_HELP, ArgumentParser,
                                   deadline_after, device_name, interrupted, named_by_flags, next_epoch_would_overrun,
                                   non_negative_float, positive_float, positive_int)
-from idaa_transforms._files import (atomic_torch_save, atomic_write_jsonl, atomic_write_text, changed_settings,
-                                    claim_folder, load_torch_state, prepare_run_dir, remove_previous_run,
-                                    removed_if_left_empty)
+from idaa_transforms._files import (VAE_RUN, atomic_torch_save, atomic_write_jsonl, atomic_write_text,
+                                    changed_settings, claim_folder, load_torch_state, prepare_run_dir,
+                                    remove_previous_run, removed_if_left_empty)
 from idaa_transforms._grids import decomposition_rows, save_image_rows
 from idaa_transforms._hub import write_model_card
 from idaa_transforms._rng import rng_state, set_rng_state
@@ -388,7 +388,7 @@ def _train_vae(args: argparse.Namespace, command: str | None) -> Path:
     device = _device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = prepare_run_dir(args.out, resume=args.resume, overwrite=args.overwrite, markers=RUN_FILES,
+    out = prepare_run_dir(args.out, kind=VAE_RUN, resume=args.resume, overwrite=args.overwrite, markers=RUN_FILES,
                           checkpoint=STATE)
     state_path = out / STATE
     state = None

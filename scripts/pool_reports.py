@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import math
 import shlex
 import sys
@@ -178,9 +177,9 @@ def _variants(report: dict[str, Any]) -> list[str]:
 def _read(path: Path) -> dict[str, Any]:
     """A compare.json file of the harness, or a one-line error."""
     try:
-        report = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable compare.json ({err}).") from None
+        report = _files.read_json(path, advice="give a compare.json the comparison harness wrote")
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read it ({err.strerror}); give a compare.json the harness wrote.") from None
     missing = [k for k in ("config", "calibration", "epochs", "seeds", "runs", "equal_epochs", "context", "anchors")
                if not isinstance(report, dict) or k not in report]
     if missing:

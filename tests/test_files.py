@@ -91,6 +91,34 @@ def test_a_file_cannot_be_claimed(tmp_path):
             pass
 
 
+@pytest.mark.parametrize("kind", list(_files.FOLDER_KINDS))
+def test_a_folder_of_another_kind_of_run_is_refused_whatever_the_flags(tmp_path, kind):
+    for holder, names in _files.FOLDER_KINDS.items():
+        folder = tmp_path / holder.replace(" ", "-")
+        folder.mkdir()
+        (folder / names[-1]).write_text("")
+        if holder == kind:
+            _files.prepare_run_dir(folder, kind=kind, resume=True, overwrite=False, markers=names)
+            continue
+        for resume, overwrite in [(False, False), (True, False), (False, True)]:
+            with pytest.raises(ValueError, match=f"--out: .* holds {holder} \\({names[-1]}\\), not {kind}; "
+                                                 f"choose another --out"):
+                _files.prepare_run_dir(folder, kind=kind, resume=resume, overwrite=overwrite, markers=names)
+        assert [p.name for p in folder.iterdir()] == [names[-1]]
+
+
+def test_the_kinds_of_run_folder_name_the_files_their_tools_write():
+    from idaa_transforms import train_vae
+    from idaa_transforms.experiments import compare
+    from idaa_transforms.trainers import engine
+
+    assert set(_files.FOLDER_KINDS[_files.SSL_RUN]) == {engine.CHECKPOINT, engine.RESULTS}
+    assert set(_files.FOLDER_KINDS[_files.VAE_RUN]) <= set(train_vae.RUN_FILES)
+    assert _files.FOLDER_KINDS[_files.COMPARISON] == (compare.CALLS,)
+    everyone = [name for names in _files.FOLDER_KINDS.values() for name in names]
+    assert len(everyone) == len(set(everyone))  # each names one kind
+
+
 def test_a_file_system_that_cannot_lock_runs_unlocked_with_a_warning(tmp_path, monkeypatch):
     fcntl = pytest.importorskip("fcntl")
 

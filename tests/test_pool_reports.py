@@ -57,6 +57,8 @@ def test_pooled_calls_equal_one_call_with_all_their_seeds(tmp_path, capsys):
     no_idaa = variant_of(reports[1], "no-idaa.json", lambda d: d.update(
         runs=[r for r in d["runs"] if r["variant"] == "baseline"],
         equal_epochs={**d["equal_epochs"], "variants": {"baseline": d["equal_epochs"]["variants"]["baseline"]}}))
+    cut_off = str(tmp_path / "cut.json")
+    Path(cut_off).write_text(Path(reports[1]).read_text()[:100])
     capsys.readouterr()
     for argv, out, message in [([reports[0], reports[0]], "p1", "seed(s) [0] are in two reports"),
                                ([reports[0], other_lr], "p2", "made with other settings"),
@@ -66,6 +68,8 @@ def test_pooled_calls_equal_one_call_with_all_their_seeds(tmp_path, capsys):
                                ([reports[0], no_idaa], "p2", "compare other variants (['baseline', 'idaa'] vs "
                                                              "['baseline'])"),
                                ([reports[0], str(tmp_path / "s0" / "calls.jsonl")], "p2", "not a compare.json of the"),
+                               ([reports[0], str(tmp_path / "gone.json")], "p2", "gone.json: cannot read it"),
+                               ([reports[0], cut_off], "p2", "cut.json is damaged"),
                                (reports, "pooled", "report.md exists; pass --overwrite")]:
         with pytest.raises(SystemExit):
             pool_reports.main([*argv, "--out", str(tmp_path / out)])

@@ -150,6 +150,13 @@ def test_max_minutes_stops_between_epochs_then_resume_finishes(tmp_path):
     assert epochs_logged(out) == [1, 2, 3]
 
 
+def test_an_ssl_runs_folder_is_refused_even_with_overwrite(tmp_path):
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match="holds an SSL training run \\(results.json\\), not a VAE"):
+        run([*TINY, "--epochs", "1", "--out", str(tmp_path), "--overwrite"])
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
 def test_a_finished_run_is_never_replaced_without_overwrite(tmp_path):
     out = tmp_path / "vae"
     run([*TINY, "--epochs", "1", "--out", str(out)])

@@ -175,6 +175,7 @@ def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, varia
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"{folder} is a file, not a folder; choose another --out or --report-dir.")
         folder.mkdir(parents=True, exist_ok=True)
+    _files.refuse_other_kind(out, _files.COMPARISON)
     call = {"command": "python -m idaa_transforms.experiments.compare " + shlex.join(argv),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": describe_machine(base.device)}

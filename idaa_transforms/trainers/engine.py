@@ -366,8 +366,8 @@ def _start(cfg: TrainConfig, env: D.DistEnv, claim: contextlib.ExitStack) -> tup
 
     def prepare() -> None:
         claim.enter_context(_files.claim_folder(out))
-        _files.prepare_run_dir(out, resume=cfg.resume, overwrite=cfg.overwrite, markers=RUN_FILES,
-                               checkpoint=CHECKPOINT)
+        _files.prepare_run_dir(out, kind=_files.SSL_RUN, resume=cfg.resume, overwrite=cfg.overwrite,
+                               markers=RUN_FILES, checkpoint=CHECKPOINT)
 
     _on_main(env, prepare)
     path = out / CHECKPOINT

@@ -60,6 +60,16 @@ def test_an_out_another_call_holds_is_a_one_line_error(tmp_path, capsys):
     assert list((tmp_path / "runs").iterdir()) == []  # nothing trained, no call on record
 
 
+def test_a_training_runs_folder_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "checkpoint.pt").write_bytes(b"")  # a single run's --out, not a comparison's
+    with pytest.raises(SystemExit) as exit_:
+        compare.main([*TINY, "--variants", "baseline", "--out", str(tmp_path), "--resume"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert "holds an SSL training run (checkpoint.pt), not a comparison; choose another --out" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
 def test_ctrl_c_is_one_line_that_says_how_to_continue(tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

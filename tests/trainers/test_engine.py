@@ -203,6 +203,13 @@ def test_a_fresh_run_over_a_finished_one_is_refused_unless_overwrite(tmp_path):
     assert read_run(tmp_path).config["seed"] == 1 and again.metrics != first.metrics
 
 
+def test_a_comparisons_folder_is_refused_even_with_resume(tmp_path):
+    (tmp_path / "calls.jsonl").write_text("{}\n")  # a comparison's --out: its runs live in subfolders
+    with pytest.raises(ValueError, match="holds a comparison \\(calls.jsonl\\), not an SSL training run"):
+        train(tiny(tmp_path, idaa=False, resume=True))
+    assert [p.name for p in tmp_path.iterdir()] == ["calls.jsonl"]
+
+
 @pytest.mark.parametrize("where", ["file", "below_a_file"])
 def test_out_that_cannot_hold_a_run_is_a_clear_error(tmp_path, where):
     (tmp_path / "a-file").write_text("")
