@@ -6,7 +6,9 @@ See ``--help`` and docs/EVIDENCE.md: baseline, IDAA, the eps = 0 control and a m
 and at equal wall-clock time, with paired tests, plots and a markdown report.
 """
 
-from idaa_transforms.experiments.compare import main
+import sys
+
+from idaa_transforms.experiments.compare import exit_status, main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main()))

@@ -16,7 +16,8 @@ import torch
 
 __all__ = ["ArgumentParser", "HelpFormatter", "DEVICE_TYPES", "device_name", "positive_int", "non_negative_int",
            "positive_float", "non_negative_float", "finite_float", "STOP_AFTER_HELP", "MAX_MINUTES_HELP",
-           "deadline_after", "next_epoch_would_overrun", "named_by_flags", "INTERRUPTED_STATUS", "interrupted"]
+           "deadline_after", "next_epoch_would_overrun", "named_by_flags", "INTERRUPTED_STATUS", "UNFINISHED_STATUS",
+           "interrupted"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -149,6 +150,10 @@ def next_epoch_would_overrun(deadline: float | None, epoch_seconds: float) -> bo
 
 #: The exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it).
 INTERRUPTED_STATUS = 130
+#: The exit status of a command that stopped cleanly before its last epoch (``--max-minutes``, ``--stop-after``, a
+#: comparison with runs left): the same command with ``--resume`` continues. A finished run exits with 0, an error
+#: with 2, so a shell loop can tell the three apart.
+UNFINISHED_STATUS = 3
 
 
 def interrupted(prog: str, out: str | Path) -> str:

@@ -38,6 +38,7 @@ __all__ = [
     "remove_previous_run",
     "claim_folder",
     "changed_settings",
+    "describe_changes",
 ]
 
 
@@ -382,6 +383,18 @@ def changed_settings(saved: Mapping[str, Any], now: Mapping[str, Any], *, ignore
         if old is missing or _normalise(old) != _normalise(value):
             changed[name] = (None if old is missing else old, value)
     return changed
+
+
+def describe_changes(changed: Mapping[str, tuple[Any, Any]], *, saved: str) -> str:
+    """:func:`changed_settings`'s answer for a one-line error, by the settings' flags; ``saved`` says where the old
+    values are.
+
+    Example:
+        >>> describe_changes({"lr": (0.1, 0.2), "batch_size": (128, 256)}, saved="in the checkpoint")
+        '--lr 0.1 in the checkpoint, 0.2 now; --batch-size 128 in the checkpoint, 256 now'
+    """
+    return "; ".join(f"--{name.replace('_', '-')} {old!r} {saved}, {new!r} now"
+                     for name, (old, new) in changed.items())
 
 
 def _normalise(value: Any) -> Any:

@@ -36,12 +36,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from idaa_transforms._cli import (INTERRUPTED_STATUS, MAX_MINUTES_HELP, STOP_AFTER_HELP, ArgumentParser,
-                                  deadline_after, device_name, interrupted, named_by_flags, next_epoch_would_overrun,
-                                  non_negative_float, positive_float, positive_int)
+from idaa_transforms._cli import (INTERRUPTED_STATUS, MAX_MINUTES_HELP, STOP_AFTER_HELP, UNFINISHED_STATUS,
+                                  ArgumentParser, deadline_after, device_name, interrupted, named_by_flags,
+                                  next_epoch_would_overrun, non_negative_float, positive_float, positive_int)
 from idaa_transforms._files import (VAE_RUN, atomic_torch_save, atomic_write_jsonl, atomic_write_text,
-                                    changed_settings, claim_folder, load_torch_state, prepare_run_dir,
-                                    remove_previous_run, removed_if_left_empty)
+                                    changed_settings, claim_folder, describe_changes, load_torch_state,
+                                    prepare_run_dir, remove_previous_run, removed_if_left_empty)
 from idaa_transforms._grids import decomposition_rows, save_image_rows
 from idaa_transforms._hub import write_model_card
 from idaa_transforms._rng import rng_state, set_rng_state
@@ -379,11 +379,16 @@ def train_vae(args: argparse.Namespace, command: str | None = None) -> Path:
     """Run the training described by ``args`` (see :func:`build_parser`); returns the output folder.
 
     A run that fails to start leaves no empty ``--out`` behind."""
+    return _claim_and_train(args, command)[0]
+
+
+def _claim_and_train(args: argparse.Namespace, command: str | None) -> tuple[Path, bool]:
+    """:func:`train_vae`, and whether the run trained its last epoch."""
     with removed_if_left_empty(args.out), claim_folder(args.out):
         return _train_vae(args, command)
 
 
-def _train_vae(args: argparse.Namespace, command: str | None) -> Path:
+def _train_vae(args: argparse.Namespace, command: str | None) -> tuple[Path, bool]:
     deadline = deadline_after(args.max_minutes)
     device = _device(args.device)
     if args.threads:
@@ -403,8 +408,9 @@ def _train_vae(args: argparse.Namespace, command: str | None) -> Path:
                                  kind="training state of idaa-train-vae")
         changed = changed_settings(state.get("settings", {}), _settings(args), ignore=RESUMABLE)
         if changed:
-            raise ValueError(f"--resume: {state_path} was made with other settings (name: (saved, now)): {changed}; "
-                             f"resume with the same settings or start a new --out.")
+            raise ValueError(f"--resume: {state_path} was made with other settings "
+                             f"({describe_changes(changed, saved='in it')}); resume with the same settings or start "
+                             f"a new --out.")
     config = _vae_config(args)  # before the data is read: a bad size is refused at once
     torch.manual_seed(args.seed)
     train_images, held_images, about = _datasets(args)
@@ -488,21 +494,22 @@ def _train_vae(args: argparse.Namespace, command: str | None) -> Path:
     atomic_write_text(out / "held_out.json", json.dumps(
         {"epochs": epochs_done, "seconds": seconds, "images_per_s": round(rate, 1), **report}, indent=2) + "\n")
     save_reconstruction_grid(vae, held_images, out / "reconstructions.png")
-    return out
+    return out, epochs_done >= args.epochs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (``idaa-train-vae``); returns the exit status."""
+    """Command-line entry point (``idaa-train-vae``); returns the exit status: 0 when the run finished, 3 when it
+    stopped cleanly before its last epoch (``--max-minutes``, ``--stop-after``; ``--resume`` continues)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        out = train_vae(args, command="idaa-train-vae " + shlex.join(sys.argv[1:] if argv is None else argv))
+        out, finished = _claim_and_train(args, "idaa-train-vae " + shlex.join(sys.argv[1:] if argv is None else argv))
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     except KeyboardInterrupt:
         parser.exit(INTERRUPTED_STATUS, interrupted(parser.prog, args.out))
     print(f"checkpoint written to {out}")
-    return 0
+    return 0 if finished else UNFINISHED_STATUS
 
 
 if __name__ == "__main__":

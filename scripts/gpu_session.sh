@@ -102,7 +102,10 @@ run_limited() {
     say "$name: start (at most $limit s): $*"
     timeout --signal=INT --kill-after=15 "$limit" "$@" >>"$log" 2>&1
     local status=$?
-    say "$name: exit status $status"
+    case $status in
+        3) say "$name: exit status 3 (stopped early; the same stage in a later session continues it)" ;;
+        *) say "$name: exit status $status" ;;
+    esac
     return "$status"
 }
 

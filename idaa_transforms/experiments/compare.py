@@ -68,7 +68,7 @@ from idaa_transforms.experiments.schedule import (VARIANTS, RunRecord, RunSpec, 
                                                   longer_baseline_epochs)
 from idaa_transforms.trainers.config import TRAIN_FIELDS, TrainConfig, add_train_arguments, config_from_args
 
-__all__ = ["HARNESS_DEFAULTS", "build_parser", "main"]
+__all__ = ["HARNESS_DEFAULTS", "build_parser", "main", "exit_status"]
 
 #: Every call that wrote the report of ``--out``, one JSON line each (command, date, machine): the report lists them.
 CALLS = "calls.jsonl"
@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run (or read) every run of the comparison, then write the report; returns the report's JSON.
 
-    A problem with the settings, the folders or earlier runs ends the program with a one-line error (status 2).
+    A problem with the settings, the folders or earlier runs ends the program with a one-line error (status 2);
+    :func:`exit_status` turns the JSON into the program's status (3 when ``--max-minutes`` left runs).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -311,5 +312,17 @@ def _random_init_knn(base: TrainConfig, out: Path) -> float:
     return value
 
 
+def exit_status(data: dict[str, Any]) -> int:
+    """The exit status of a comparison whose report's JSON is ``data``: 0 when every run it asked for is finished, 3
+    (:data:`~idaa_transforms._cli.UNFINISHED_STATUS`) when ``--max-minutes`` left runs for ``--resume``.
+
+    Example:
+        >>> exit_status({"not_started": [], "unfinished": []}), exit_status({"not_started": ["idaa-e10-s4"],
+        ...                                                                  "unfinished": []})
+        (0, 3)
+    """
+    return _cli.UNFINISHED_STATUS if data["not_started"] or data["unfinished"] else 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main()))

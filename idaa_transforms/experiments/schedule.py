@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from idaa_transforms import _files
 from idaa_transforms.trainers.config import TrainConfig, changed_settings
 from idaa_transforms.trainers.engine import RESULTS, RUN_FILES, TrainResult, read_run, train
 
@@ -288,6 +289,6 @@ def _finished_run(folder: Path, cfg: TrainConfig, ignore: Sequence[str] = ()) ->
     result = read_run(folder)
     changed = {k: v for k, v in changed_settings(result.config, cfg).items() if k not in ignore}
     if changed:
-        raise ValueError(f"{folder / RESULTS} was made with other settings (name: (found, wanted)): {changed}; use "
-                         f"another --out.")
+        raise ValueError(f"{folder / RESULTS} was made with other settings "
+                         f"({_files.describe_changes(changed, saved='there')}); use another --out.")
     return result

@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from idaa_transforms._cli import INTERRUPTED_STATUS, ArgumentParser, interrupted, named_by_flags
+from idaa_transforms._cli import INTERRUPTED_STATUS, UNFINISHED_STATUS, ArgumentParser, interrupted, named_by_flags
 from idaa_transforms.trainers.config import TRAIN_FIELDS, TrainConfig, add_train_arguments, config_from_args
 
 __all__ = ["build_parser", "parse_args", "main"]
@@ -60,7 +60,8 @@ def parse_args(argv: Sequence[str] | None = None, method: str = "simclr") -> Tra
 
 
 def main(argv: Sequence[str] | None = None, method: str = "simclr") -> int:
-    """Parse the command line and train; returns the exit status (0), so ``sys.exit(main())`` reports success.
+    """Parse the command line and train; returns the exit status for ``sys.exit(main())``: 0 when the run finished,
+    3 when it stopped cleanly before its last epoch (``--max-minutes``, ``--stop-after``; ``--resume`` continues).
 
     A problem with the settings, the data or the output folder ends the program with a one-line error (status 2),
     Ctrl-C with one line that says how to continue (status 130).
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None, method: str = "simclr") -> int:
 
     cfg = parse_args(argv, method)
     try:
-        train(cfg)
+        result = train(cfg)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
         prog = build_parser(method).prog
         print(f"{prog}: error: {named_by_flags(str(err), TRAIN_FIELDS)}", file=sys.stderr)
@@ -77,4 +78,4 @@ def main(argv: Sequence[str] | None = None, method: str = "simclr") -> int:
     except KeyboardInterrupt:
         print(interrupted(build_parser(method).prog, cfg.out), end="", file=sys.stderr)
         return INTERRUPTED_STATUS
-    return 0
+    return 0 if result.finished else UNFINISHED_STATUS

@@ -381,9 +381,9 @@ def _start(cfg: TrainConfig, env: D.DistEnv, claim: contextlib.ExitStack) -> tup
                                    kind="checkpoint of these trainers")
     changed = changed_settings(ckpt["config"], cfg)
     if changed:
-        raise ValueError(f"resume: the checkpoint in {path} was made with different settings "
-                         f"(name: (checkpoint, now)): {changed}; resume with the same settings, or start a new run "
-                         f"in another --out.")
+        raise ValueError(f"resume: the checkpoint in {path} was made with other settings "
+                         f"({_files.describe_changes(changed, saved='in the checkpoint')}); resume with the same "
+                         f"settings, or start a new run in another --out.")
     return out, ckpt
 
 

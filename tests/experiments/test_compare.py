@@ -136,7 +136,8 @@ def test_compare_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(compare, "calibrate", lambda *a, **k: pytest.fail("calibrated before the refusal"))
     with pytest.raises(SystemExit):
         compare.main([*argv, "--eps", "0.2"])
-    assert "baseline-e1-s0/results.json was made with other settings" in capsys.readouterr().err
+    assert ("baseline-e1-s0/results.json was made with other settings (--eps 0.1 there, 0.2 now); use another "
+            "--out") in capsys.readouterr().err
     # The matched pixel eps depends on the settings: a saved calibration made with others is refused, not reused.
     with pytest.raises(SystemExit):
         compare.main([*argv, "--calibration-images", "16"])
@@ -160,11 +161,12 @@ def test_max_minutes_then_resume_accumulates_in_one_report(tmp_path, capsys, mon
         patch.setattr(compare._cli, "deadline_after", lambda minutes, start=None: time.time() - 1)
         stopped = compare.main([*argv, "--max-minutes", "0.0001"])
     assert stopped["unfinished"] == ["baseline-e2-s0 (1 of 2 epochs)"] and stopped["runs"] == []
-    assert stopped["not_started"] == ["baseline-e2-s1"]
+    assert stopped["not_started"] == ["baseline-e2-s1"] and compare.exit_status(stopped) == 3
     assert "not started" in (tmp_path / "report.md").read_text()
     assert "2 run(s) left for --resume" in capsys.readouterr().out
     finished = compare.main([*argv, "--resume"])
     assert [r["seed"] for r in finished["runs"]] == [0, 1] and not finished["not_started"]
+    assert compare.exit_status(finished) == 0
     text = (tmp_path / "report.md").read_text()
     assert "| baseline (two views) | 2 | 2 |" in text
     # Both calls are on record: the report names the earlier one, the JSON lines keep both.

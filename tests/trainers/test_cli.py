@@ -68,6 +68,13 @@ def test_main_returns_zero_and_prints_the_summary_without_progress(tmp_path, cap
     assert "kNN accuracy" in out and "linear accuracy" in out and out.count("\n") == 1
 
 
+def test_a_run_stopped_early_exits_3_and_its_resume_0(tmp_path):
+    argv = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_RUN.items() if k not in ("no_progress", "epochs")]
+    argv += ["--no-progress", "--no-idaa", "--epochs", "2", "--out", str(tmp_path / "run")]
+    assert main([*argv, "--stop-after", "1"]) == 3
+    assert main([*argv, "--resume"]) == 0
+
+
 def test_run_problems_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "a-file").write_text("")
     argv = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_RUN.items() if k != "no_progress"]
