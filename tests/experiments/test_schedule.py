@@ -58,7 +58,7 @@ def test_scheduler_trains_then_reads_back(tmp_path):
     assert first.wall_seconds is not None and 0 <= first.knn_acc <= 100 and len(first.curve) == 1
     again = Scheduler(tiny_base(), tmp_path).run(spec)
     assert again.wall_seconds is None and (again.knn_acc, again.curve) == (first.knn_acc, first.curve)
-    with pytest.raises(ValueError, match="made with other settings .*'lr'"):
+    with pytest.raises(ValueError, match=r"made with other settings \(--lr 0.0003 there, 0.001 now\)"):
         Scheduler(tiny_base(lr=1e-3), tmp_path).run(spec)
 
 
