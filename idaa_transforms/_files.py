@@ -34,6 +34,7 @@ __all__ = [
     "read_json",
     "read_jsonl",
     "prepare_run_dir",
+    "refuse_a_file",
     "refuse_other_kind",
     "remove_previous_run",
     "claim_folder",
@@ -184,7 +185,9 @@ def refuse_other_kind(folder: str | Path, kind: str, *, flag: str = "--out") -> 
     """
     folder = Path(folder)
     for other, names in FOLDER_KINDS.items():
-        found = [name for name in names if other != kind and (folder / name).exists()]
+        if other == kind:
+            continue
+        found = [name for name in names if (folder / name).exists()]
         if found:
             raise ValueError(f"{flag}: {folder} holds {other} ({', '.join(found)}), not {kind}; choose another {flag}.")
 
@@ -209,7 +212,7 @@ def prepare_run_dir(out: str | Path, *, kind: str, resume: bool, overwrite: bool
             nor ``overwrite`` is set.
     """
     out = Path(out)
-    _refuse_a_file(out, "--out")
+    refuse_a_file(out, "--out")
     refuse_other_kind(out, kind)
     found = [name for name in markers if (out / name).exists()]
     if found and not resume and not overwrite:
@@ -228,8 +231,9 @@ def prepare_run_dir(out: str | Path, *, kind: str, resume: bool, overwrite: bool
     return out
 
 
-def _refuse_a_file(folder: Path, flag: str) -> None:
+def refuse_a_file(folder: str | Path, flag: str) -> None:
     """Refuse a run folder ``folder`` (given by ``flag``) that is a file."""
+    folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{flag}: {folder} is a file, not a folder; give a folder for the run's outputs.")
 
@@ -274,7 +278,7 @@ def claim_folder(folder: str | Path, *, flag: str = "--out") -> Iterator[Path]:
         ValueError: another process holds ``folder``, or it is a file or cannot be written.
     """
     folder = Path(folder)
-    _refuse_a_file(folder, flag)
+    refuse_a_file(folder, flag)
     path = folder / LOCK_FILE
     try:
         folder.mkdir(parents=True, exist_ok=True)

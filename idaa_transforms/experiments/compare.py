@@ -172,9 +172,8 @@ def _compare(args: argparse.Namespace, argv: list[str], base: TrainConfig, varia
     start = time.time()
     deadline = _cli.deadline_after(args.max_minutes, start)
     out, report_dir = Path(args.out), Path(args.report_dir or args.out)
-    for folder in (out, report_dir):
-        if folder.exists() and not folder.is_dir():
-            raise ValueError(f"{folder} is a file, not a folder; choose another --out or --report-dir.")
+    for folder, flag in ((out, "--out"), (report_dir, "--report-dir")):
+        _files.refuse_a_file(folder, flag)
         folder.mkdir(parents=True, exist_ok=True)
     _files.refuse_other_kind(out, _files.COMPARISON)
     call = {"command": "python -m idaa_transforms.experiments.compare " + shlex.join(argv),

@@ -70,6 +70,16 @@ def test_a_training_runs_folder_is_refused_in_one_line(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
+def test_a_report_dir_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        compare.main([*TINY, "--variants", "baseline", "--out", str(tmp_path / "runs"), "--report-dir",
+                      str(tmp_path / "a-file")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert f"--report-dir: {tmp_path / 'a-file'} is a file, not a folder" in err
+
+
 def test_ctrl_c_is_one_line_that_says_how_to_continue(tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
